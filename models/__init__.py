@@ -1,0 +1,1 @@
+"""meshwatch's detection maths: pure computation, no Kafka, HTTP or config loading."""

@@ -1,0 +1,93 @@
+"""Online robust baselines: level and spread of many series at once.
+
+Each row is one route, each column one metric (log p99, error ratio, ...).
+The update is a Huber-style exponentially weighted estimate: a residual is
+clipped to ``clip`` spreads before it moves the level, so a single wild
+window shifts the baseline by a bounded amount, and a running incident
+(whose windows the caller masks out) is not learned as normal at all.
+During warm-up the weight is 1/n, i.e. a plain running mean, so a baseline
+is usable after a few windows instead of after several half-lives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class RobustBaseline:
+    """Level and spread per (row, metric), grown on demand, updated in bulk."""
+
+    def __init__(
+        self,
+        n_metrics: int,
+        *,
+        half_life: float = 60.0,
+        clip: float = 2.5,
+        min_spread: FloatArray | float = 0.05,
+        capacity: int = 1024,
+    ) -> None:
+        self.n_metrics = n_metrics
+        self.alpha = 1.0 - 0.5 ** (1.0 / half_life)
+        self.clip = clip
+        self.min_spread = np.broadcast_to(np.asarray(min_spread, dtype=np.float64), (n_metrics,))
+        self.level = np.zeros((capacity, n_metrics))
+        self.spread = np.zeros((capacity, n_metrics))
+        self.count = np.zeros((capacity, n_metrics), dtype=np.int64)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.level.shape[0])
+
+    def grow(self, rows: int) -> None:
+        if rows <= self.capacity:
+            return
+        new = max(rows, 2 * self.capacity)
+        pad = new - self.capacity
+        self.level = np.vstack([self.level, np.zeros((pad, self.n_metrics))])
+        self.spread = np.vstack([self.spread, np.zeros((pad, self.n_metrics))])
+        self.count = np.vstack([self.count, np.zeros((pad, self.n_metrics), dtype=np.int64)])
+
+    def effective_spread(self, rows: IntArray) -> FloatArray:
+        return np.maximum(self.spread[rows], self.min_spread)
+
+    def zscore(self, rows: IntArray, x: FloatArray) -> FloatArray:
+        """Signed distance from the level in spreads; NaN where x is NaN."""
+        return (x - self.level[rows]) / self.effective_spread(rows)
+
+    def update(self, rows: IntArray, x: FloatArray, learn: BoolArray) -> None:
+        """Fold observations ``x`` (rows × metrics) where ``learn`` and x is finite.
+
+        ``rows`` must be unique within one call (the caller splits batches that
+        hold the same route twice into rounds).
+        """
+        ok = learn & np.isfinite(x)
+        if not ok.any():
+            return
+        n = self.count[rows] + ok
+        level = self.level[rows]
+        spread = self.spread[rows]
+        first = ok & (n == 1)
+        warm_alpha = 1.0 / np.maximum(n, 1)
+        alpha = np.where(warm_alpha > self.alpha, warm_alpha, self.alpha)
+        eff = np.maximum(spread, self.min_spread)
+        resid = np.where(ok, x - level, 0.0)
+        bound = self.clip * eff
+        clipped = np.clip(resid, -bound, bound)
+        # During warm-up (n small) the spread is not yet trustworthy, so the
+        # residual is not clipped; after that, outliers move it by <= clip.
+        warm = n <= 5
+        step = np.where(warm, resid, clipped)
+        new_level = np.where(first, x, level + alpha * step)
+        dev = np.minimum(np.abs(resid), np.where(warm, np.inf, bound)) * 1.2533  # E|N(0,1)|⁻¹
+        new_spread = np.where(first, 0.0, spread + alpha * (dev - spread))
+        self.level[rows] = np.where(ok, new_level, level)
+        self.spread[rows] = np.where(ok, new_spread, spread)
+        self.count[rows] = n
+
+    def state_bytes(self) -> int:
+        return int(self.level.nbytes + self.spread.nbytes + self.count.nbytes)

@@ -1,0 +1,216 @@
+"""GoldenSamples → columnar observations → Findings.
+
+The maths lives in :mod:`models.detector`; this module only moves data
+between the message contracts and numpy columns, once per poll batch, and
+writes the human side of a finding (band, evidence, one-line explanation,
+suspect pod).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.detector import (
+    KINDS,
+    MODEL_NAME,
+    MODEL_VERSION,
+    UNITS,
+    DetectorParams,
+    Observations,
+    RouteDetector,
+)
+from pipeline.config import DetectorConfig
+from pipeline.schema import EvidencePoint, Finding, GoldenBatch, GoldenSample, finding_id
+
+
+def params_from_config(cfg: DetectorConfig) -> DetectorParams:
+    return DetectorParams(
+        warmup_windows=cfg.warmup_windows,
+        min_requests=cfg.min_requests,
+        latency_threshold=cfg.latency_threshold,
+        error_threshold=cfg.error_threshold,
+        tls_threshold=cfg.tls_threshold,
+        mtls_threshold=cfg.mtls_threshold,
+        latency_min_ratio=cfg.latency_min_ratio,
+        error_min_ratio=cfg.error_min_ratio,
+        half_life_windows=cfg.adapt_half_life_windows,
+        fire_after=cfg.fire_after,
+        fire_window=cfg.fire_window,
+        resolve_after=cfg.resolve_after,
+        evidence_points=cfg.evidence_points,
+    )
+
+
+def _col(samples: Sequence[GoldenSample], attr: str) -> np.ndarray:
+    return np.fromiter(
+        (math.nan if (v := getattr(s, attr)) is None else v for s in samples),
+        dtype=np.float64,
+        count=len(samples),
+    )
+
+
+def observations(det: RouteDetector, samples: Sequence[GoldenSample]) -> Observations:
+    return Observations(
+        rows=det.rows_for([s.route_key for s in samples]),
+        window_end=_col(samples, "window_end"),
+        requests=_col(samples, "requests"),
+        failures=_col(samples, "failures"),
+        p50_ms=_col(samples, "p50_ms"),
+        p95_ms=_col(samples, "p95_ms"),
+        p99_ms=_col(samples, "p99_ms"),
+        tls_failures=_col(samples, "tls_failures"),
+        plaintext=_col(samples, "plaintext_requests"),
+        mtls=_col(samples, "mtls_requests"),
+        cert_ttl=_col(samples, "cert_ttl_seconds"),
+    )
+
+
+class DetectionEngine:
+    """One detector instance's state and its translation to Findings."""
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self.cfg = cfg
+        self.detector = RouteDetector(params_from_config(cfg))
+        self.samples_seen = 0
+
+    def process(self, batches: Sequence[GoldenBatch]) -> list[Finding]:
+        samples = [s for b in batches for s in b.samples]
+        if not samples:
+            return []
+        self.samples_seen += len(samples)
+        det = self.detector
+        obs = observations(det, samples)
+        verdicts = det.process(obs)
+        findings: list[Finding] = []
+        for kind in KINDS:
+            v = verdicts.kinds.get(kind)
+            if v is None:
+                continue
+            for pos in np.flatnonzero(v.fired | v.resolved):
+                i = int(verdicts.index[pos])
+                status = "firing" if v.fired[pos] else "resolved"
+                findings.append(
+                    self._finding(
+                        samples[i],
+                        int(obs.rows[i]),
+                        kind,
+                        status,
+                        float(v.score[pos]),
+                        float(v.observed[pos]),
+                        float(v.expected_low[pos]),
+                        float(v.expected_high[pos]),
+                    )
+                )
+        return findings
+
+    def _finding(
+        self,
+        s: GoldenSample,
+        row: int,
+        kind: str,
+        status: str,
+        score: float,
+        observed: float,
+        lo: float,
+        hi: float,
+    ) -> Finding:
+        det = self.detector
+        ki = KINDS.index(kind)
+        ts = det.evidence_t[row]
+        vals = det.evidence[row, ki]
+        evidence = tuple(
+            EvidencePoint(t=float(t), value=None if math.isnan(x) else _round(float(x)))
+            for t, x in zip(ts, vals, strict=True)
+            if not math.isnan(t)
+        )
+        started = float(det.started[row, ki]) or s.window_end
+        return Finding(
+            id=finding_id(s.route_key, kind, s.window_end, status),
+            route_key=s.route_key,
+            namespace=s.namespace,
+            workload_kind=s.workload_kind,
+            workload=s.workload,
+            direction=s.direction,
+            route=s.route,
+            kind=kind,
+            status=status,
+            severity=_severity(kind, observed, hi),
+            score=round(score, 6),
+            observed=_finite(observed),
+            expected_low=_finite(lo),
+            expected_high=_finite(hi),
+            unit=UNITS[kind],
+            window_end=s.window_end,
+            started_at=started,
+            evidence=evidence,
+            suspect_pod=suspect_pod(s, kind),
+            model=MODEL_NAME,
+            model_version=MODEL_VERSION,
+            explanation=explain(kind, status, observed, lo, hi, s),
+        )
+
+
+def _finite(x: float) -> float | None:
+    return _round(x) if math.isfinite(x) else None
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def _severity(kind: str, observed: float, hi: float) -> str:
+    if kind in ("tls_failure", "mtls_regression", "cert_expiry", "traffic_drop"):
+        return "critical"
+    if math.isfinite(observed) and math.isfinite(hi) and hi > 0 and observed >= 3 * hi:
+        return "critical"
+    return "warning"
+
+
+def suspect_pod(s: GoldenSample, kind: str) -> str | None:
+    """The one replica that stands out, when one does (≥ 3 pods)."""
+    pods = [p for p in s.pods if p.requests > 0]
+    if len(pods) < 3 or kind not in ("latency", "error_rate"):
+        return None
+    if kind == "latency":
+        vals = np.array([p.latency_sum_ms / p.requests for p in pods])
+    else:
+        vals = np.array([p.failures / p.requests for p in pods])
+    worst = int(np.argmax(vals))
+    others = np.delete(vals, worst)
+    typical = float(np.median(others))
+    if vals[worst] > 2 * typical and vals[worst] > 0 and float(others.max()) < vals[worst] / 1.5:
+        return pods[worst].pod
+    return None
+
+
+def explain(kind: str, status: str, observed: float, lo: float, hi: float, s: GoldenSample) -> str:
+    """One line a person can act on, without opening a dashboard."""
+    if status == "resolved":
+        return f"{kind.replace('_', ' ')} back within its usual range"
+    if kind == "latency":
+        usual = math.sqrt(lo * hi) if lo > 0 and hi > 0 else hi
+        times = observed / usual if usual else math.inf
+        return (
+            f"p99 latency {observed:.0f} ms is {times:.1f}× the usual {usual:.0f} ms "
+            f"(expected ≤ {hi:.0f} ms) over {s.requests} requests"
+        )
+    if kind == "error_rate":
+        return (
+            f"{s.failures} of {s.requests} requests failed ({observed:.1%}); "
+            f"usual failure ratio ≤ {hi:.2%}"
+        )
+    if kind == "tls_failure":
+        return f"{observed:.0f} TLS detection/handshake failures in one window (usual ≤ {hi:.1f})"
+    if kind == "mtls_regression":
+        return (
+            f"{observed:.0%} of inbound requests arrive without mTLS "
+            f"({s.plaintext_requests} plaintext); this route is normally meshed"
+        )
+    if kind == "traffic_drop":
+        return f"{observed:.0f} requests in the window, usually {lo:.0f}–{hi:.0f}"
+    if kind == "cert_expiry":
+        return f"identity certificate expires in {observed / 3600:.1f} h (floor {lo / 3600:.1f} h)"
+    return f"{kind} anomalous"

@@ -1,0 +1,40 @@
+"""The detector as a stage: decode GoldenBatches, judge, emit Findings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kafka import TopicPartition
+
+from pipeline.config import MeshwatchConfig
+from pipeline.detect.engine import DetectionEngine
+from pipeline.schema import Finding, GoldenBatch, decode, encode
+from pipeline.stage.loop import Inbound, Output
+
+
+class DetectorProcessor:
+    name = "detector"
+
+    def __init__(self, cfg: MeshwatchConfig) -> None:
+        self.cfg = cfg
+        self.engine = DetectionEngine(cfg.detector)
+        self.findings: list[Finding] = []  # recent, for the demo's display
+
+    def decode(self, raw: bytes) -> GoldenBatch:
+        return decode(GoldenBatch, raw)
+
+    def process(self, batch: Sequence[Inbound[Any]]) -> Iterable[Output]:
+        findings = self.engine.process([item.value for item in batch])
+        topic = self.cfg.topics.findings
+        self.findings = (self.findings + findings)[-100:]
+        return [Output(topic, f.route_key.encode(), encode(f)) for f in findings]
+
+    def on_assign(self, partitions: Sequence[TopicPartition]) -> Iterable[Output]:
+        return ()
+
+    def on_revoke(self, partitions: Sequence[TopicPartition]) -> Iterable[Output]:
+        return ()
+
+    def idle(self, now: float) -> Iterable[Output]:
+        return ()

@@ -1,0 +1,1 @@
+"""Kafka plumbing: clients built from config, topic admin, the embedded broker."""

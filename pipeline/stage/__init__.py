@@ -1,0 +1,1 @@
+"""The one loop every stage runs: poll → process → produce → flush → commit."""

@@ -1,0 +1,339 @@
+"""The stage loop shared by the detector, the alerter and any later consumer.
+
+At-least-once by construction: offsets are committed only after every output
+of the batch is acknowledged by the broker, so a crash anywhere re-delivers
+the batch, and the deterministic ids on outputs let the next stage drop the
+repeats. A message that cannot be decoded or processed goes to the DLQ with
+its reason, and the loop carries on with the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+from pydantic import BaseModel
+
+from pipeline.config import MeshwatchConfig
+from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.schema import DeadLetter, encode
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to produce; ``partition`` pins it (e.g. co-partitioned state)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound(Generic[T]):
+    """A decoded message with where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: T
+    timestamp_ms: int
+
+
+class PoisonMessageError(Exception):
+    """Raised by a processor for one message it can never handle."""
+
+
+class Processor(Protocol):
+    """What a stage supplies to the loop: decoding and batch processing."""
+
+    name: str
+
+    def decode(self, raw: bytes) -> Any:
+        """Turn raw bytes into a message; raise to send the record to the DLQ."""
+        ...
+
+    def process(self, batch: Sequence[Inbound[Any]]) -> Iterable[Output]:
+        """Handle a whole poll batch at once; return everything to produce."""
+        ...
+
+    def on_assign(self, partitions: Sequence[TopicPartition]) -> Iterable[Output]: ...
+
+    def on_revoke(self, partitions: Sequence[TopicPartition]) -> Iterable[Output]: ...
+
+    def idle(self, now: float) -> Iterable[Output]:
+        """Called after every poll, batch or not: timers (retries, resolves)."""
+        ...
+
+
+@dataclass
+class StageStats:
+    batches: int = 0
+    consumed: int = 0
+    produced: int = 0
+    dead_lettered: int = 0
+    last_batch_seconds: float = 0.0
+    assigned: tuple[int, ...] = ()
+    errors: list[str] = field(default_factory=list)
+
+
+def dead_letter(
+    stage: str,
+    dlq_topic: str,
+    reason: str,
+    error: str,
+    *,
+    raw: bytes,
+    key: bytes | None = None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> Output:
+    """A DLQ record: the envelope as value and the reason also in headers."""
+    letter = DeadLetter(
+        stage=stage,
+        reason=reason,
+        error=error[:4000],
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        key=key.decode("utf-8", "backslashreplace") if key is not None else None,
+        value=raw.decode("utf-8", "backslashreplace"),
+        failed_at=time.time(),
+    )
+    headers = (
+        ("meshwatch-reason", reason.encode()),
+        ("meshwatch-stage", stage.encode()),
+        ("meshwatch-source", f"{topic}/{partition}/{offset}".encode()),
+    )
+    return Output(dlq_topic, key, encode(letter), headers)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: StageRunner[Any]) -> None:
+        self.runner = runner
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.runner._handle_rebalance(self.runner.processor.on_revoke, revoked, False)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.runner._handle_rebalance(self.runner.processor.on_assign, assigned, True)
+
+
+class StageRunner(Generic[T]):
+    """Runs one processor against one input topic in one consumer group."""
+
+    def __init__(
+        self,
+        cfg: MeshwatchConfig,
+        processor: Processor,
+        input_topic: str,
+        group_id: str,
+        *,
+        stop: threading.Event | None = None,
+        consumer_factory: Callable[[], KafkaConsumer] | None = None,
+        producer: KafkaProducer | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.processor = processor
+        self.input_topic = input_topic
+        self.group_id = group_id
+        self.stop_event = stop or threading.Event()
+        self.stats = StageStats()
+        self._consumer_factory = consumer_factory or (
+            lambda: make_consumer(cfg.kafka, processor.name, group_id)
+        )
+        self._owns_producer = producer is None
+        self._producer = producer
+        self._consumer: KafkaConsumer | None = None
+        self._assigned: set[TopicPartition] = set()
+        self.ready = threading.Event()
+
+    @property
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = make_producer(self.cfg.kafka, self.processor.name)
+        return self._producer
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        consumer = self._consumer = self._consumer_factory()
+        consumer.subscribe([self.input_topic], listener=_Rebalance(self))
+        log.info(
+            "%s: consuming %s as group %s", self.processor.name, self.input_topic, self.group_id
+        )
+        try:
+            while not self.stop_event.is_set():
+                polled = consumer.poll(
+                    timeout_ms=self.cfg.kafka.poll_timeout_ms,
+                    max_records=self.cfg.kafka.max_poll_records,
+                )
+                records = [r for batch in polled.values() for r in batch]
+                if records:
+                    self._handle(records)
+                idle = list(self.processor.idle(time.time()))
+                if idle:
+                    self._produce(idle)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        # Nothing uncommitted can be pending here: every batch is committed
+        # before the next poll, so closing needs only to leave the group.
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception:  # pragma: no cover - best effort on shutdown
+                log.exception("%s: error closing consumer", self.processor.name)
+        if self._producer is not None and self._owns_producer:
+            self._producer.flush(timeout=10)
+            self._producer.close(timeout=10)
+
+    def _decode(self, records: Sequence[Any]) -> tuple[list[Inbound[T]], list[Output]]:
+        good: list[Inbound[T]] = []
+        dead: list[Output] = []
+        decode = self.processor.decode
+        for r in records:
+            try:
+                value = decode(r.value)
+            except Exception as exc:
+                dead.append(self._dead(r, "invalid message", _describe(exc)))
+                continue
+            good.append(Inbound(r.topic, r.partition, r.offset, r.key, value, r.timestamp))
+        return good, dead
+
+    def _dead(self, r: Any, reason: str, error: str) -> Output:
+        return dead_letter(
+            self.processor.name,
+            self.cfg.topics.dlq,
+            reason,
+            error,
+            raw=r.value if isinstance(r.value, bytes) else bytes(r.value or b""),
+            key=r.key,
+            topic=r.topic,
+            partition=r.partition,
+            offset=r.offset,
+        )
+
+    def _handle(self, records: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        good, outputs = self._decode(records)
+        if outputs:
+            self.stats.dead_lettered += len(outputs)
+            log.warning(
+                "%s: %d invalid message(s) sent to the DLQ", self.processor.name, len(outputs)
+            )
+        if good:
+            outputs.extend(self._process(good))
+        self._produce(outputs)
+        self._commit(records)
+        self.stats.batches += 1
+        self.stats.consumed += len(records)
+        self.stats.last_batch_seconds = time.perf_counter() - started
+
+    def _process(self, good: list[Inbound[T]]) -> list[Output]:
+        try:
+            return list(self.processor.process(good))
+        except Exception:
+            if len(good) == 1:
+                raise
+            log.exception("%s: batch failed; retrying message by message", self.processor.name)
+        outputs: list[Output] = []
+        for item in good:
+            try:
+                outputs.extend(self.processor.process([item]))
+            except PoisonMessageError as exc:
+                outputs.append(self._dead_inbound(item, "poison message", str(exc)))
+            except Exception as exc:
+                log.exception(
+                    "%s: message %s/%d failed", self.processor.name, item.topic, item.offset
+                )
+                outputs.append(self._dead_inbound(item, "processing error", _describe(exc)))
+        return outputs
+
+    def _dead_inbound(self, item: Inbound[T], reason: str, error: str) -> Output:
+        self.stats.dead_lettered += 1
+        value: Any = item.value
+        raw = encode(value) if isinstance(value, BaseModel) else repr(value).encode()
+        return dead_letter(
+            self.processor.name,
+            self.cfg.topics.dlq,
+            reason,
+            error,
+            raw=raw,
+            key=item.key,
+            topic=item.topic,
+            partition=item.partition,
+            offset=item.offset,
+        )
+
+    def _produce(self, outputs: Sequence[Output]) -> None:
+        if not outputs:
+            return
+        producer = self.producer
+        futures = [
+            producer.send(
+                o.topic,
+                value=o.value,
+                key=o.key,
+                headers=list(o.headers) or None,
+                partition=o.partition,
+            )
+            for o in outputs
+        ]
+        producer.flush()
+        for f in futures:
+            f.get(timeout=30)  # raises: the batch is not committed, so it is re-read
+        self.stats.produced += len(outputs)
+
+    def _commit(self, records: Sequence[Any]) -> None:
+        assert self._consumer is not None
+        last: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if r.offset >= last.get(tp, -1):
+                last[tp] = r.offset
+        self._consumer.commit({tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in last.items()})
+
+    def _handle_rebalance(
+        self,
+        hook: Callable[[Sequence[TopicPartition]], Iterable[Output]],
+        partitions: Sequence[TopicPartition],
+        assigned: bool,
+    ) -> None:
+        outputs = list(hook(list(partitions)))
+        self._produce(outputs)
+        if assigned:
+            self._assigned |= set(partitions)
+        else:
+            self._assigned -= set(partitions)
+        self.stats.assigned = tuple(sorted(tp.partition for tp in self._assigned))
+        if self._assigned:
+            self.ready.set()
+
+
+def _describe(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    from pipeline.schema import describe_error
+
+    if isinstance(exc, ValidationError):
+        return describe_error(exc)
+    return f"{type(exc).__name__}: {exc}"
