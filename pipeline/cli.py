@@ -15,9 +15,13 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import __version__
 from pipeline.config import ConfigError, MeshwatchConfig, effective_config, load_config
+
+if TYPE_CHECKING:
+    from pipeline.stage.loop import Processor
 
 log = logging.getLogger("meshwatch")
 
@@ -94,13 +98,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_stage(cfg: MeshwatchConfig, processor: object, topic: str, group: str) -> int:
+def _run_stage(cfg: MeshwatchConfig, processor: Processor, topic: str, group: str) -> int:
     from pipeline.kafka.topics import ensure_topics
     from pipeline.stage.loop import StageRunner
 
     stop = _stop_on_signals()
     ensure_topics(cfg)
-    runner = StageRunner(cfg, processor, topic, group, stop=stop)  # type: ignore[arg-type]
+    runner = StageRunner(cfg, processor, topic, group, stop=stop)
     runner.run()
     return EXIT_OK
 
@@ -242,6 +246,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from kafka.errors import KafkaError
+
+        from pipeline.kafka.embedded import BrokerError
+
+        if isinstance(exc, KafkaError | BrokerError):
+            print(f"meshwatch: Kafka problem: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(
+                "  check kafka.bootstrap_servers (and security settings) in the config",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        raise
 
 
 if __name__ == "__main__":

@@ -119,6 +119,14 @@ class TopicsConfig(_Section):
             raise ValueError(f"unknown topic roles {sorted(unknown)}; known: {list(TOPIC_ROLES)}")
         return {**_default_topics(), **v}
 
+    @model_validator(mode="after")
+    def _co_partitioned(self) -> TopicsConfig:
+        # The alerter restores incidents partition p when it is given
+        # findings partition p; that only works with equal counts.
+        if self.specs["incidents"].partitions != self.specs["findings"].partitions:
+            raise ValueError("incidents and findings need the same number of partitions")
+        return self
+
     def name(self, role: str) -> str:
         if role not in TOPIC_ROLES:
             raise KeyError(role)

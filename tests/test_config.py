@@ -38,7 +38,10 @@ def test_topic_names_carry_prefix_and_version() -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
-        ("kafka:\n  bootstrap_servers: [nohost]\n", "kafka.bootstrap_servers: Value error, 'nohost' is not host:port"),
+        (
+            "kafka:\n  bootstrap_servers: [nohost]\n",
+            "kafka.bootstrap_servers: Value error, 'nohost' is not host:port",
+        ),
         ("kafka:\n  bootstrap_server: [a:1]\n", "kafka.bootstrap_server: unknown setting"),
         ("detector:\n  fire_after: 4\n  fire_window: 3\n", "fire_after must be <= fire_window"),
         ("window:\n  seconds: -1\n", "window.seconds: Input should be greater than 0"),

@@ -8,8 +8,12 @@ from pipeline.collect.extract import PodCounters, RouteCounters
 R = ("inbound", "*")
 
 
-def pod(values: dict[str, float], start: float = 100.0, buckets: list[float] | None = None,
-        extra: dict[tuple[str, str], dict[str, float]] | None = None) -> PodCounters:
+def pod(
+    values: dict[str, float],
+    start: float = 100.0,
+    buckets: list[float] | None = None,
+    extra: dict[tuple[str, str], dict[str, float]] | None = None,
+) -> PodCounters:
     p = PodCounters(start_time=start)
     p.routes[R] = RouteCounters(values=dict(values), buckets=buckets)
     for rid, v in (extra or {}).items():

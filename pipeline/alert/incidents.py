@@ -96,9 +96,17 @@ class IncidentBook:
         return Change(new, f, action)
 
     def mark_delivered(
-        self, fingerprint: str, sink: str, status: str, refs: dict[str, str]
+        self,
+        fingerprint: str,
+        sink: str,
+        status: str,
+        refs: dict[str, str],
+        first_seen: float | None = None,
     ) -> Incident:
+        """Record what a sink was told; ignored if that occurrence was superseded."""
         inc = self.incidents[fingerprint]
+        if first_seen is not None and inc.first_seen != first_seen:
+            return inc
         notified = {**inc.notified, sink: status}
         sink_refs = {**inc.sink_refs, sink: {**inc.sink_refs.get(sink, {}), **refs}}
         new = inc.model_copy(update={"notified": notified, "sink_refs": sink_refs})
@@ -106,11 +114,22 @@ class IncidentBook:
         return new
 
 
+FAILED = "failed:"
+
+
 def needs(incident: Incident, sink: str) -> Action | None:
-    """What this sink has not been told yet about the incident, if anything."""
-    told = incident.notified.get(sink)
-    if incident.status == "firing":
-        return None if told in ("firing", "update") else "firing"
-    if told is None:
+    """What this sink has not been told yet about the incident, if anything.
+
+    A delivery that failed for good is recorded as ``failed:<action>`` and is
+    not tried again on the next finding (it went to the DLQ instead); a
+    resolve is only sent to a sink that was told about the firing.
+    """
+    return next_action(incident.status, incident.notified.get(sink))
+
+
+def next_action(status: str, told: str | None) -> Action | None:
+    if status == "firing":
+        return None if told in ("firing", "update", FAILED + "firing") else "firing"
+    if told in (None, FAILED + "firing", "resolved", FAILED + "resolved"):
         return None  # never told it fired: a lone resolve would only confuse
-    return None if told == "resolved" else "resolved"
+    return "resolved"

@@ -123,17 +123,23 @@ def dead_letter(
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, runner: StageRunner[Any]) -> None:
+    """Only notes the change: the runner acts on it after ``poll`` returns.
+
+    Restoring state means reading other topics with other clients, which
+    must not happen inside the consumer's own callback.
+    """
+
+    def __init__(self, runner: StageRunner) -> None:
         self.runner = runner
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        self.runner._handle_rebalance(self.runner.processor.on_revoke, revoked, False)
+        self.runner._pending.append((False, list(revoked)))
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.runner._handle_rebalance(self.runner.processor.on_assign, assigned, True)
+        self.runner._pending.append((True, list(assigned)))
 
 
-class StageRunner(Generic[T]):
+class StageRunner:
     """Runs one processor against one input topic in one consumer group."""
 
     def __init__(
@@ -160,6 +166,7 @@ class StageRunner(Generic[T]):
         self._producer = producer
         self._consumer: KafkaConsumer | None = None
         self._assigned: set[TopicPartition] = set()
+        self._pending: list[tuple[bool, list[TopicPartition]]] = []
         self.ready = threading.Event()
 
     @property
@@ -186,6 +193,9 @@ class StageRunner(Generic[T]):
                     max_records=self.cfg.kafka.max_poll_records,
                 )
                 records = [r for batch in polled.values() for r in batch]
+                while self._pending:
+                    assigned, partitions = self._pending.pop(0)
+                    self._handle_rebalance(partitions, assigned)
                 if records:
                     self._handle(records)
                 idle = list(self.processor.idle(time.time()))
@@ -206,8 +216,8 @@ class StageRunner(Generic[T]):
             self._producer.flush(timeout=10)
             self._producer.close(timeout=10)
 
-    def _decode(self, records: Sequence[Any]) -> tuple[list[Inbound[T]], list[Output]]:
-        good: list[Inbound[T]] = []
+    def _decode(self, records: Sequence[Any]) -> tuple[list[Inbound[Any]], list[Output]]:
+        good: list[Inbound[Any]] = []
         dead: list[Output] = []
         decode = self.processor.decode
         for r in records:
@@ -248,7 +258,7 @@ class StageRunner(Generic[T]):
         self.stats.consumed += len(records)
         self.stats.last_batch_seconds = time.perf_counter() - started
 
-    def _process(self, good: list[Inbound[T]]) -> list[Output]:
+    def _process(self, good: list[Inbound[Any]]) -> list[Output]:
         try:
             return list(self.processor.process(good))
         except Exception:
@@ -268,7 +278,7 @@ class StageRunner(Generic[T]):
                 outputs.append(self._dead_inbound(item, "processing error", _describe(exc)))
         return outputs
 
-    def _dead_inbound(self, item: Inbound[T], reason: str, error: str) -> Output:
+    def _dead_inbound(self, item: Inbound[Any], reason: str, error: str) -> Output:
         self.stats.dead_lettered += 1
         value: Any = item.value
         raw = encode(value) if isinstance(value, BaseModel) else repr(value).encode()
@@ -312,12 +322,8 @@ class StageRunner(Generic[T]):
                 last[tp] = r.offset
         self._consumer.commit({tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in last.items()})
 
-    def _handle_rebalance(
-        self,
-        hook: Callable[[Sequence[TopicPartition]], Iterable[Output]],
-        partitions: Sequence[TopicPartition],
-        assigned: bool,
-    ) -> None:
+    def _handle_rebalance(self, partitions: Sequence[TopicPartition], assigned: bool) -> None:
+        hook = self.processor.on_assign if assigned else self.processor.on_revoke
         outputs = list(hook(list(partitions)))
         self._produce(outputs)
         if assigned:

@@ -1,0 +1,1 @@
+"""The alerter: incidents from findings, and notifications to chat and ticket systems."""

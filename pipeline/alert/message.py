@@ -1,0 +1,352 @@
+"""What a sink is asked to deliver, and the words every sink shares.
+
+Each target (console, webhook, Slack, and the ones to come) renders the same
+facts in its own markup. Keeping the sentences here means an on-call engineer
+reads the same summary in the terminal, in chat and in a ticket, and a new
+sink only decides on layout, never on wording.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import quote
+
+from pipeline.schema import Finding, Incident, finding_id, fingerprint
+
+Action = Literal["firing", "update", "resolved"]
+
+#: The placeholders a link template may use; anything else in braces is left
+#: alone, so templates may carry other literal braces (e.g. Grafana JSON).
+LINK_FIELDS = (
+    "route_key",
+    "namespace",
+    "workload",
+    "workload_kind",
+    "direction",
+    "route",
+    "kind",
+)
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(LINK_FIELDS) + r")\}")
+
+#: What the observed value measures, per finding kind, in words a person uses.
+METRIC_NAMES: dict[str, str] = {
+    "latency": "p99",
+    "error_rate": "error ratio",
+    "tls_failure": "TLS failure ratio",
+    "mtls_regression": "mTLS share",
+    "traffic_drop": "request rate",
+    "cert_expiry": "certificate expires in",
+    "target_down": "targets up",
+}
+
+
+def notification_id(
+    incident: Incident, action: Action, finding: Finding, *, test: bool = False
+) -> str:
+    """The idempotency key a target can deduplicate on.
+
+    Built only from stored, deterministic inputs so that a retry, or a replay
+    after an alerter crash, carries the very same id. Updates add the finding
+    id: otherwise every update of one incident would share one id and a
+    deduplicating receiver would drop all but the first.
+    """
+    parts = [incident.fingerprint, action, f"{incident.first_seen:.3f}"]
+    if action == "update":
+        parts.append(finding.id)
+    if test:
+        parts.append("test")
+    return ":".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One thing to tell one sink: an incident at a point in its life.
+
+    ``notification_id`` is derived when left empty, so callers cannot forget
+    it and every sink sees the same key for the same event.
+    """
+
+    incident: Incident
+    finding: Finding
+    action: Action
+    test: bool = False
+    links: dict[str, str] = field(default_factory=dict)
+    notification_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.notification_id:
+            nid = notification_id(self.incident, self.action, self.finding, test=self.test)
+            object.__setattr__(self, "notification_id", nid)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.incident.fingerprint
+
+    @property
+    def resolved(self) -> bool:
+        return self.action == "resolved"
+
+
+# --------------------------------------------------------------------------
+# Numbers and units
+
+
+def format_number(value: float) -> str:
+    """About three significant digits, never scientific notation.
+
+    A person compares magnitudes; ``812.0000001`` or ``8.12e2`` only slow
+    them down.
+    """
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else str(value)
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = max(0, 2 - magnitude)
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _duration(seconds: float) -> str:
+    sign = "-" if seconds < 0 else ""
+    s = abs(seconds)
+    if s < 1:
+        return f"{sign}{format_number(s * 1000)} ms"
+    if s < 120:
+        return f"{sign}{format_number(s)} s"
+    if s < 7200:
+        return f"{sign}{format_number(s / 60)} min"
+    if s < 2 * 86400:
+        return f"{sign}{format_number(s / 3600)} h"
+    return f"{sign}{format_number(s / 86400)} d"
+
+
+def format_quantity(value: float, unit: str) -> str:
+    """A value with its unit, scaled to what reads naturally.
+
+    Detectors report in base units (``ms``, ``s``, ``ratio``); people read
+    ``1.8 s`` and ``23.4 %``. Unknown units pass through unchanged.
+    """
+    u = unit.strip().lower()
+    if u in ("ratio", "fraction"):
+        return f"{format_number(value * 100)} %"
+    if u in ("%", "percent", "pct"):
+        return f"{format_number(value)} %"
+    if u == "ms":
+        return _duration(value / 1000) if abs(value) >= 1000 else f"{format_number(value)} ms"
+    if u in ("s", "sec", "seconds"):
+        return _duration(value)
+    if u in ("rps", "req/s", "1/s"):
+        return f"{format_number(value)} req/s"
+    if u in ("", "count", "1"):
+        return format_number(value)
+    return f"{format_number(value)} {unit.strip()}"
+
+
+def _band(low: float, high: float, unit: str) -> str:
+    lo, hi = format_quantity(low, unit), format_quantity(high, unit)
+    lo_num, _, lo_unit = lo.partition(" ")
+    hi_num, _, hi_unit = hi.partition(" ")
+    if lo_unit == hi_unit:
+        return f"{lo_num}–{hi_num}{' ' + hi_unit if hi_unit else ''}"
+    return f"{lo}–{hi}"
+
+
+def _factor(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def metric_name(finding: Finding) -> str:
+    return METRIC_NAMES.get(finding.kind, finding.kind.replace("_", " "))
+
+
+def summary_line(finding: Finding) -> str:
+    """Observed value against the expected band, e.g. for the first line of a message.
+
+    A lower bound of zero (or none) says nothing for ratios and latencies, so
+    it is shown as a ceiling only; a value outside a two-sided band says by
+    how much, because "how bad" is the first thing on-call asks.
+    """
+    name = metric_name(finding)
+    obs, low, high, unit = (
+        finding.observed,
+        finding.expected_low,
+        finding.expected_high,
+        finding.unit,
+    )
+    head = f"{name}: no data" if obs is None else f"{name} {format_quantity(obs, unit)}"
+    has_low = low is not None and low > 0
+    if high is not None and has_low and low is not None:
+        text = f"{head}, expected {_band(low, high, unit)}"
+        if obs is not None and high > 0 and obs > high:
+            text += f" ({_factor(obs / high)}× the upper bound)"
+        elif obs is not None and obs < low:
+            text += f" ({format_number((1 - obs / low) * 100)} % below the lower bound)"
+        return text
+    if high is not None:
+        return f"{head} (expected ≤ {format_quantity(high, unit)})"
+    if has_low and low is not None:
+        return f"{head} (expected ≥ {format_quantity(low, unit)})"
+    return head
+
+
+# --------------------------------------------------------------------------
+# Time
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def format_utc(ts: float, *, date: bool = True) -> str:
+    return utc(ts).strftime("%Y-%m-%d %H:%M UTC" if date else "%H:%M UTC")
+
+
+def format_elapsed(seconds: float) -> str:
+    """Whole minutes up to two hours, then hours and minutes: how on-call counts."""
+    minutes = max(0, int(seconds // 60))
+    if minutes < 1:
+        return "< 1 min"
+    if minutes < 120:
+        return f"{minutes} min"
+    hours, rest = divmod(minutes, 60)
+    return f"{hours} h {rest} min" if rest else f"{hours} h"
+
+
+def started_at(n: Notification) -> float:
+    """When the incident began: the alerter's record, stable across firing and resolve."""
+    return n.incident.first_seen
+
+
+def ended_at(n: Notification) -> float | None:
+    return n.finding.window_end if n.resolved else None
+
+
+def since_line(n: Notification) -> str:
+    """Elapsed time measured to the finding's window, not the wall clock.
+
+    That keeps the text identical when a notification is retried or replayed.
+    """
+    start = started_at(n)
+    end = ended_at(n)
+    if end is not None:
+        same_day = utc(start).date() == utc(end).date()
+        return (
+            f"from {format_utc(start)} to {format_utc(end, date=not same_day)} "
+            f"({format_elapsed(end - start)})"
+        )
+    return f"since {format_utc(start)} ({format_elapsed(n.finding.window_end - start)})"
+
+
+# --------------------------------------------------------------------------
+# Titles and bodies
+
+
+STATUS_TAGS: dict[str, str] = {"firing": "FIRING", "update": "UPDATE", "resolved": "RESOLVED"}
+
+
+def route_label(finding: Finding) -> str:
+    """``shop/deploy/web inbound GET /api/users``: the route as people say it."""
+    return f"{finding.workload_key} {finding.direction} {finding.route}"
+
+
+def subject(finding: Finding) -> str:
+    """What is wrong where, without the status: ``latency — shop/deploy/web inbound GET /``."""
+    return f"{finding.kind} — {route_label(finding)}"
+
+
+def title(n: Notification) -> str:
+    """``[FIRING] latency — shop/deploy/web inbound GET /api/users``; tests say so first."""
+    tag = f"[{STATUS_TAGS[n.action]}] {subject(n.finding)}"
+    return f"[TEST] {tag}" if n.test else tag
+
+
+def headline(n: Notification) -> str:
+    """Subject and numbers on one line: what a phone notification can show."""
+    text = f"{subject(n.finding)}: {summary_line(n.finding)}"
+    return f"[TEST] {text}" if n.test else text
+
+
+def suspect_line(finding: Finding) -> str | None:
+    return f"suspect pod: {finding.suspect_pod}" if finding.suspect_pod else None
+
+
+def body_lines(n: Notification) -> list[str]:
+    """The plain lines under the title; sinks add their own markup around them."""
+    lines = [summary_line(n.finding), since_line(n)]
+    if n.finding.explanation:
+        lines.append(n.finding.explanation)
+    suspect = suspect_line(n.finding)
+    if suspect:
+        lines.append(suspect)
+    if n.test:
+        lines.append("This is a test notification from meshwatch; no action is needed.")
+    return lines
+
+
+def plain_text(n: Notification) -> str:
+    """Title, body and links as plain text, for targets without markup."""
+    lines = [title(n), *body_lines(n)]
+    lines.extend(f"{name}: {url}" for name, url in n.links.items())
+    return "\n".join(lines)
+
+
+def render_links(templates: dict[str, str], finding: Finding) -> dict[str, str]:
+    """Fill the configured link templates for one finding.
+
+    Values are percent-encoded in full (``/`` included) because route names
+    are HTTP paths and would otherwise change the shape of the URL.
+    """
+    values = {name: str(getattr(finding, name)) for name in LINK_FIELDS}
+
+    def fill(match: re.Match[str]) -> str:
+        return quote(values[match.group(1)], safe="")
+
+    return {name: _PLACEHOLDER.sub(fill, template) for name, template in templates.items()}
+
+
+def sample_notification(now: float, links: dict[str, str] | None = None) -> Notification:
+    """A made-up, clearly marked notification to check that a sink is wired up.
+
+    Its route and fingerprint are its own, so a target that deduplicates
+    will never merge it with a real incident.
+    """
+    route_key = "meshwatch/deploy/meshwatch/inbound/test"
+    finding = Finding(
+        id=finding_id(route_key, "latency", now, "firing"),
+        route_key=route_key,
+        namespace="meshwatch",
+        workload_kind="deploy",
+        workload="meshwatch",
+        direction="inbound",
+        route="test",
+        kind="latency",
+        status="firing",
+        severity="info",
+        score=1.0,
+        observed=812.0,
+        expected_low=40.0,
+        expected_high=95.0,
+        unit="ms",
+        window_end=now,
+        started_at=now - 600,
+        model="test",
+        model_version="0",
+        explanation="Test notification: nothing is wrong with the mesh.",
+    )
+    incident = Incident(
+        fingerprint=fingerprint(route_key, "latency"),
+        route_key=route_key,
+        kind="latency",
+        status="firing",
+        severity="info",
+        first_seen=now - 600,
+        last_seen=now,
+        count=1,
+        last_finding=finding,
+    )
+    return Notification(incident, finding, "firing", test=True, links=dict(links or {}))
