@@ -28,12 +28,14 @@ class RobustBaseline:
         *,
         half_life: float = 60.0,
         clip: float = 2.5,
+        spread_clip: float = 5.0,
         min_spread: FloatArray | float = 0.05,
         capacity: int = 1024,
     ) -> None:
         self.n_metrics = n_metrics
         self.alpha = 1.0 - 0.5 ** (1.0 / half_life)
         self.clip = clip
+        self.spread_clip = spread_clip
         self.min_spread = np.broadcast_to(np.asarray(min_spread, dtype=np.float64), (n_metrics,))
         self.level = np.zeros((capacity, n_metrics))
         self.spread = np.zeros((capacity, n_metrics))
@@ -83,7 +85,10 @@ class RobustBaseline:
         warm = n <= 5
         step = np.where(warm, resid, clipped)
         new_level = np.where(first, x, level + alpha * step)
-        dev = np.minimum(np.abs(resid), np.where(warm, np.inf, bound)) * 1.2533  # E|N(0,1)|⁻¹
+        # The spread is clipped more loosely than the level: clipping it at the
+        # same bound would let an underestimated spread shrink itself further.
+        spread_bound = np.where(warm, np.inf, self.spread_clip * eff)
+        dev = np.minimum(np.abs(resid), spread_bound) * 1.2533  # 1 / E|N(0,1)|
         new_spread = np.where(first, 0.0, spread + alpha * (dev - spread))
         self.level[rows] = np.where(ok, new_level, level)
         self.spread[rows] = np.where(ok, new_spread, spread)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,6 @@ from models.baseline import RobustBaseline
 from models.persistence import Persistence
 from models.significance import (
     binomial_surprise,
-    normal_score,
     poisson_drop_surprise,
     poisson_surprise,
 )
@@ -65,9 +65,31 @@ UNITS = {
     "cert_expiry": "seconds",
 }
 # Baseline columns.
-LP50, LP95, LP99, ERR, TLS, PLAIN, LREQ = range(7)
-N_METRICS = 7
-MIN_SPREAD = np.array([0.08, 0.08, 0.08, 0.0, 0.0, 0.0, 0.1])
+LP50, LP95, LP99, ERR, TLS, PLAIN, LREQ, EXC = range(8)
+N_METRICS = 8
+MIN_SPREAD = np.array([0.15, 0.15, 0.15, 0.0, 0.0, 0.0, 0.1, 0.0])
+#: Latency bucket bounds (ms) the detector reads exceedance counts from.
+DEFAULT_BOUNDS_MS = np.array(
+    [1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
+     1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000, np.inf],
+    dtype=np.float64,
+)  # fmt: skip
+
+
+def count_above(buckets: FloatArray, threshold: FloatArray, bounds: FloatArray) -> FloatArray:
+    """Requests slower than ``threshold`` per row, from per-bucket counts.
+
+    Inside the bucket holding the threshold, requests are taken as spread
+    evenly (the same assumption as ``histogram_quantile``).
+    """
+    upper = bounds[None, :]
+    lower = np.concatenate(([0.0], bounds[:-1]))[None, :]
+    t = threshold[:, None]
+    width = np.where(np.isinf(upper), np.inf, upper - lower)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inside = np.where(np.isinf(upper), 1.0, (upper - t) / width)
+    frac = np.where(upper <= t, 0.0, np.where(lower >= t, 1.0, np.clip(inside, 0.0, 1.0)))
+    return np.asarray((buckets * frac).sum(axis=1), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -110,9 +132,14 @@ class Observations:
     plaintext: FloatArray
     mtls: FloatArray
     cert_ttl: FloatArray
+    buckets: FloatArray | None = None  # (n, len(DEFAULT_BOUNDS_MS)) per-bucket counts
 
     def take(self, idx: IntArray) -> Observations:
-        return Observations(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
+        fields: dict[str, Any] = {
+            k: (None if getattr(self, k) is None else getattr(self, k)[idx])
+            for k in self.__dataclass_fields__
+        }
+        return Observations(**fields)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -249,6 +276,7 @@ class RouteDetector:
                         o.mtls + o.plaintext > 0, o.plaintext / (o.mtls + o.plaintext), np.nan
                     ),
                     np.log1p(o.requests),
+                    np.full(len(rows), np.nan),  # EXC, filled below
                 ]
             )
         x = np.where(np.isfinite(x), x, np.nan)
@@ -258,14 +286,33 @@ class RouteDetector:
         out: dict[str, KindVerdict] = {}
         enough = o.requests >= p.min_requests
 
-        # latency: the worse of p95 and p99, in log space
+        # latency: how many requests were slower than the usual p95? A
+        # count-based test: a single slow request among 50 moves p99 across a
+        # whole bucket, but it does not make "slower than usual p95" rare.
+        exceed_p0 = np.clip(np.nan_to_num(level[:, EXC], nan=0.05), 0.01, 0.5)
+        if o.buckets is not None:
+            threshold = np.exp(level[:, LP95])
+            n_lat = o.buckets.sum(axis=1)
+            k_above = count_above(o.buckets, threshold, DEFAULT_BOUNDS_MS)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                x[:, EXC] = np.where(n_lat > 0, k_above / n_lat, np.nan)
+        else:
+            n_lat = np.zeros(len(rows))
+            k_above = np.zeros(len(rows))
         z = (x[:, [LP95, LP99]] - level[:, [LP95, LP99]]) / spread[:, [LP95, LP99]]
         z = np.where(np.isfinite(z), z, -np.inf)
-        zmax = z.max(axis=1)
-        judged = warm[:, LP99] & enough & np.isfinite(x[:, LP99])
-        ratio = np.exp(x[:, LP99] - level[:, LP99])
-        score = np.where(judged, normal_score(zmax), 0.0)
-        anomalous = judged & (score >= p.latency_threshold) & (ratio >= p.latency_min_ratio)
+        worst = np.where(z[:, 1] >= z[:, 0], LP99, LP95)
+        at = np.arange(len(rows))
+        # practical significance on the quantile that looks worst
+        ratio = np.exp(x[at, worst] - level[at, worst])
+        judged = warm[:, LP95] & warm[:, EXC] & enough & (n_lat >= p.min_requests)
+        score = np.where(judged, binomial_surprise(np.rint(k_above), n_lat, exceed_p0), 0.0)
+        anomalous = (
+            judged
+            & (score >= p.latency_threshold)
+            & (ratio >= p.latency_min_ratio)
+            & (k_above >= 2 * exceed_p0 * n_lat)
+        )
         lo = np.exp(level[:, LP99] - p.band_z * spread[:, LP99])
         hi = np.exp(level[:, LP99] + p.band_z * spread[:, LP99])
         out["latency"] = self._verdict("latency", rows, score, judged, anomalous, o.p99_ms, lo, hi)
@@ -346,6 +393,7 @@ class RouteDetector:
         learn[:, LP50] &= ~bad_latency & enough
         learn[:, LP95] &= ~bad_latency & enough
         learn[:, LP99] &= ~bad_latency & enough
+        learn[:, EXC] &= ~bad_latency & enough
         learn[:, ERR] &= ~(out["error_rate"].anomalous | self.firing("error_rate", rows)) & enough
         learn[:, TLS] &= ~(out["tls_failure"].anomalous | self.firing("tls_failure", rows))
         learn[:, PLAIN] &= ~(

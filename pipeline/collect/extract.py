@@ -56,23 +56,48 @@ CERT_EXPIRY = frozenset(
 )
 
 RouteId = tuple[str, str]  # (direction, route)
+#: One exposed series: its sample name and labels (``le`` aside); None for a
+#: value added without one.
+SeriesId = tuple[object, ...] | None
 
 
 @dataclass(slots=True)
 class RouteCounters:
-    """Cumulative golden counters of one route as one proxy reports them."""
+    """Cumulative golden counters of one route as one proxy reports them.
+
+    A route sums many series (per status, client, destination pod, ...).
+    ``series``/``series_buckets`` hold the same numbers split by series so
+    deltas can be taken series by series: a series that vanishes (its
+    destination pod is gone) must not look like the route's counters falling.
+    """
 
     peer: str | None = None
     values: dict[str, float] = field(default_factory=dict)
     buckets: list[float] | None = None  # cumulative per ``le``
+    series: dict[tuple[str, SeriesId], float] = field(default_factory=dict)
+    series_buckets: dict[SeriesId, list[float]] = field(default_factory=dict)
 
-    def add(self, name: str, v: float) -> None:
+    def add(self, name: str, v: float, sid: SeriesId = None) -> None:
         self.values[name] = self.values.get(name, 0.0) + v
+        key = (name, sid)
+        self.series[key] = self.series.get(key, 0.0) + v
 
-    def add_bucket(self, idx: int, v: float) -> None:
+    def add_bucket(self, idx: int, v: float, sid: SeriesId = None) -> None:
         if self.buckets is None:
             self.buckets = [0.0] * N_BUCKETS
         self.buckets[idx] += v
+        sb = self.series_buckets.get(sid)
+        if sb is None:
+            sb = self.series_buckets[sid] = [0.0] * N_BUCKETS
+        sb[idx] += v
+
+    def merge(self, other: RouteCounters) -> None:
+        """Add another route's counters, keeping their series apart."""
+        for (name, sid), v in other.series.items():
+            self.add(name, v, sid)
+        for sid, b in other.series_buckets.items():
+            for idx, v in enumerate(b):
+                self.add_bucket(idx, v, sid)
 
 
 @dataclass(slots=True)
@@ -150,9 +175,9 @@ def extract(samples: Iterable[Sample], exclude_ports: Iterable[int] = (4191,)) -
             else:
                 continue
             if name == "response_total":
-                _responses(rc, labels, v, with_tls=True)
+                _responses(rc, labels, v, (name, *labels.items()), with_tls=True)
             else:
-                _latency(rc, name[len("response_latency_ms_") :], labels, v)
+                _latency(rc, name, len("response_latency_ms_"), labels, v)
         elif name == "route_response_total" or name.startswith("route_response_latency_ms_"):
             direction = labels.get("direction")
             if direction not in ("inbound", "outbound"):
@@ -164,9 +189,9 @@ def extract(samples: Iterable[Sample], exclude_ports: Iterable[int] = (4191,)) -
             else:
                 rc = pod.route(direction, rt)
             if name == "route_response_total":
-                _responses(rc, labels, v, with_tls=False)
+                _responses(rc, labels, v, (name, *labels.items()), with_tls=False)
             else:
-                _latency(rc, name[len("route_response_latency_ms_") :], labels, v)
+                _latency(rc, name, len("route_response_latency_ms_"), labels, v)
         elif name in ("tcp_open_total", "tcp_close_total"):
             direction = labels.get("direction")
             if direction == "inbound":
@@ -178,36 +203,68 @@ def extract(samples: Iterable[Sample], exclude_ports: Iterable[int] = (4191,)) -
                 rc = pod.route("outbound", route, peer)
             else:
                 continue
+            sid = (name, *labels.items())
             if name == "tcp_open_total":
-                rc.add("tcp_open", v)
+                rc.add("tcp_open", v, sid)
             else:
-                rc.add("tcp_close", v)
+                rc.add("tcp_close", v, sid)
                 if labels.get("errno"):
-                    rc.add("tcp_errors", v)
+                    rc.add("tcp_errors", v, sid)
         elif name in ("inbound_tcp_errors_total", "inbound_tcp_accept_errors_total"):
             if labels.get("error") in TLS_FAILURE_ERRORS and not _excluded(labels, ports):
-                pod.route("inbound", ALL_ROUTES).add("tls_failures", v)
+                pod.route("inbound", ALL_ROUTES).add("tls_failures", v, (name, *labels.items()))
         elif name in CERT_EXPIRY:
             pod.cert_expiry = v if pod.cert_expiry is None else min(pod.cert_expiry, v)
         elif name == "process_start_time_seconds":
             pod.start_time = v
+    _fold_connection_only_routes(pod)
     return pod
 
 
-def _responses(rc: RouteCounters, labels: dict[str, str], v: float, *, with_tls: bool) -> None:
+def _fold_connection_only_routes(pod: PodCounters) -> None:
+    """Attach outbound TCP counts that lack an authority to their HTTP route.
+
+    Outbound ``tcp_*`` series often carry no ``authority`` while the HTTP
+    families do, so the same edge would otherwise appear twice: once with
+    requests and once with only connections. Such connection-only routes
+    are merged into the route with the same peer workload, or dropped.
+    """
+    by_peer: dict[str, RouteCounters] = {}
+    lonely: list[RouteId] = []
+    for rid, rc in pod.routes.items():
+        if rid[0] != "outbound" or rc.peer is None:
+            continue
+        if any(k.startswith("tcp_") for k in rc.values) and not (
+            "successes" in rc.values or "failures" in rc.values
+        ):
+            lonely.append(rid)
+        else:
+            by_peer.setdefault(rc.peer, rc)
+    for rid in lonely:
+        rc = pod.routes.pop(rid)
+        target = by_peer.get(rc.peer or "")
+        if target is not None:
+            target.merge(rc)
+
+
+def _responses(
+    rc: RouteCounters, labels: dict[str, str], v: float, sid: SeriesId, *, with_tls: bool
+) -> None:
     if labels.get("classification") == "success":
-        rc.add("successes", v)
+        rc.add("successes", v, sid)
     else:
-        rc.add("failures", v)
-    rc.add("cls:" + status_class(labels), v)
+        rc.add("failures", v, sid)
+    rc.add("cls:" + status_class(labels), v, sid)
     if with_tls:
-        rc.add("mtls_requests" if labels.get("tls") == "true" else "plaintext_requests", v)
+        rc.add("mtls_requests" if labels.get("tls") == "true" else "plaintext_requests", v, sid)
 
 
-def _latency(rc: RouteCounters, suffix: str, labels: dict[str, str], v: float) -> None:
+def _latency(rc: RouteCounters, name: str, prefix: int, labels: dict[str, str], v: float) -> None:
+    suffix = name[prefix:]
     if suffix == "bucket":
         idx = LE_INDEX.get(labels.get("le", ""))
         if idx is not None:
-            rc.add_bucket(idx, v)
+            # every bucket of one histogram series shares the id of its labels without ``le``
+            rc.add_bucket(idx, v, (name, *[kv for kv in labels.items() if kv[0] != "le"]))
     elif suffix == "sum":
-        rc.add("latency_sum_ms", v)
+        rc.add("latency_sum_ms", v, (name, *labels.items()))

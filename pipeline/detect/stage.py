@@ -20,6 +20,8 @@ class DetectorProcessor:
         self.cfg = cfg
         self.engine = DetectionEngine(cfg.detector)
         self.findings: list[Finding] = []  # recent, for the demo's display
+        self.fired = 0
+        self.resolved = 0
 
     def decode(self, raw: bytes) -> GoldenBatch:
         return decode(GoldenBatch, raw)
@@ -28,6 +30,8 @@ class DetectorProcessor:
         findings = self.engine.process([item.value for item in batch])
         topic = self.cfg.topics.findings
         self.findings = (self.findings + findings)[-100:]
+        self.fired += sum(f.status == "firing" for f in findings)
+        self.resolved += sum(f.status == "resolved" for f in findings)
         return [Output(topic, f.route_key.encode(), encode(f)) for f in findings]
 
     def on_assign(self, partitions: Sequence[TopicPartition]) -> Iterable[Output]:

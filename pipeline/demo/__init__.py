@@ -1,0 +1,1 @@
+"""`meshwatch demo`: the whole pipeline on one machine."""
