@@ -123,7 +123,12 @@ def test_low_traffic_windows_are_not_judged() -> None:
     det = RouteDetector(DetectorParams(warmup_windows=20, min_requests=20))
     series = [normal_window(rng) for _ in range(50)]
     for i in range(30, 40):
-        series[i] = {"requests": 5.0, "failures": 0.0, "mtls": 5.0, **latency_window(rng, 5, 5000.0)}
+        series[i] = {
+            "requests": 5.0,
+            "failures": 0.0,
+            "mtls": 5.0,
+            **latency_window(rng, 5, 5000.0),
+        }
     v = run(det, series)
     assert fired_at(v, "latency") == []
     assert not any(x.kinds["latency"].judged.any() for x in v[30:40])

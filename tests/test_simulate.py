@@ -662,6 +662,82 @@ def test_restart_resets_counters_and_rename_gives_a_new_pod() -> None:
     assert f'dst_pod="{new_name}"' in mesh.render(pod_of(mesh, "web"))
 
 
+def _proxy_state(text: str) -> dict[str, float]:
+    """Start time, uptime and certificate state of one body, whatever the era's names."""
+    out: dict[str, float] = {}
+    for s in samples(text):
+        if s.name.endswith("identity_cert_expiration_timestamp_seconds"):
+            out["expiry"] = s.value
+        elif s.name.endswith("identity_cert_refresh_timestamp_seconds"):
+            out["refreshed_at"] = s.value
+        elif "identity_cert_refresh" in s.name:  # the count (legacy) or ok + error (later)
+            out["refreshes"] = out.get("refreshes", 0.0) + s.value
+        elif s.name in ("process_start_time_seconds", "process_uptime_seconds_total"):
+            out[s.name] = s.value
+    return out
+
+
+def _counters(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every cumulative series of a body but the certificate refresh count."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for s in samples(text)
+        if s.name.endswith(("_total", "_bucket", "_count", "_sum"))
+        and "identity_cert_refresh" not in s.name
+    }
+
+
+@pytest.mark.parametrize("version", ["2.10", "2.18"])
+@pytest.mark.parametrize("workload", ["cart", "ledger"])  # a Deployment and a StatefulSet
+@pytest.mark.parametrize("rename", [False, True], ids=["in-place", "replacement"])
+def test_restarted_proxy_is_fresh_in_what_it_serves(
+    version: str, workload: str, rename: bool
+) -> None:
+    """Both kinds of restart serve a proxy that started now: start time, counters, cert."""
+    mesh = make_mesh(version)
+    mesh.advance(60)
+    old = pod_of(mesh, workload, 1 if workload == "cart" else 0)
+    old_info = next(p for p in mesh.pods if p.name == old)
+    before_body = mesh.render(old)
+    before = _proxy_state(before_body)
+    assert before["process_start_time_seconds"] < T0  # running since before the mesh
+    assert total(samples(before_body), "request_total") > 100
+
+    at = mesh.now
+    name = mesh.restart_pod(old, rename=rename)
+    info = next(p for p in mesh.pods if p.name == name)
+    if rename:
+        assert info.uid != old_info.uid and info.ordinal == old_info.ordinal
+        assert (name == old) == (workload == "ledger")  # a StatefulSet pod keeps its name
+        if name != old:
+            with pytest.raises(KeyError):
+                mesh.render(old)
+    else:
+        assert (name, info.uid) == (old, old_info.uid)
+
+    # right at the restart: nothing counted yet, a start time and certificate of now
+    body = mesh.render(name)
+    state = _proxy_state(body)
+    assert state["process_start_time_seconds"] == at
+    assert state.get("process_uptime_seconds_total", 0.0) == 0.0
+    assert state["expiry"] == at + mesh.cfg.cert_lifetime_seconds
+    assert state.get("refreshed_at", at) == at
+    assert state["refreshes"] == 1
+    assert not {k: v for k, v in _counters(body).items() if v}, "a counter survived the restart"
+
+    # a little later the same proxy has counted only what it served since
+    mesh.advance(10)
+    body = mesh.render(name)
+    state = _proxy_state(body)
+    assert state["process_start_time_seconds"] == at
+    assert state.get("process_uptime_seconds_total", 10.0) == 10.0
+    assert state["expiry"] == at + mesh.cfg.cert_lifetime_seconds
+    assert 0 < total(samples(body), "request_total") < total(samples(before_body), "request_total")
+    for other in mesh.pods:
+        if other.workload == workload and other.name != name:  # its siblings did not restart
+            assert _proxy_state(mesh.render(other.name))["process_start_time_seconds"] < T0
+
+
 # -- HTTP --------------------------------------------------------------------------------
 
 
@@ -768,9 +844,10 @@ def test_realtime_follows_the_injected_clock() -> None:
 def test_shipped_scenarios_resolve_by_name() -> None:
     mesh = make_mesh(scenario="demo")
     assert mesh.scenario.name == "demo"
-    assert mesh.schedule.items[0].start == T0 + 60 + 40
+    fault = mesh.scenario.faults[0]
+    assert mesh.schedule.items[0].start == T0 + mesh.scenario.warmup_seconds + fault.start
     override = make_mesh(scenario="demo", warmup_seconds=5)
-    assert override.schedule.items[0].start == T0 + 5 + 40
+    assert override.schedule.items[0].start == T0 + 5 + fault.start
 
 
 def test_render_stays_cheap() -> None:

@@ -264,7 +264,8 @@ def _latency(rc: RouteCounters, name: str, prefix: int, labels: dict[str, str], 
     if suffix == "bucket":
         idx = LE_INDEX.get(labels.get("le", ""))
         if idx is not None:
-            # every bucket of one histogram series shares the id of its labels without ``le``
-            rc.add_bucket(idx, v, (name, *[kv for kv in labels.items() if kv[0] != "le"]))
+            series = labels.copy()  # all buckets of one series share its labels without ``le``
+            del series["le"]
+            rc.add_bucket(idx, v, (name, *series.items()))
     elif suffix == "sum":
         rc.add("latency_sum_ms", v, (name, *labels.items()))

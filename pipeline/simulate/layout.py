@@ -88,6 +88,9 @@ class Layout:
     spec: MeshSpec
     workloads: list[WorkloadInfo]
     pods: list[Pod]
+    #: ``pods[i].uid`` as it was when the layout was built: the key that carries
+    #: pod state across a rebuild, safe even if a Pod object changes afterwards
+    pod_uids: list[int]
     edges: list[tuple[int, int, float, str]]  # caller wl, target wl, share, authority
     routes: list[tuple[int, int]]  # global route index -> (wl, index within wl)
     prof_mu: FloatArr
@@ -135,10 +138,10 @@ class Layout:
         return self.n_counters + self.n_hist * (rd.N_BUCKETS + 1)
 
     def pod_index(self, uid: int) -> int:
-        for i, p in enumerate(self.pods):
-            if p.uid == uid:
-                return i
-        raise KeyError(uid)
+        try:
+            return self.pod_uids.index(uid)
+        except ValueError:
+            raise KeyError(uid) from None
 
 
 def _fake_sha(text: str) -> str:
@@ -305,6 +308,7 @@ class _Builder:
             spec=self.spec,
             workloads=self.wls,
             pods=self.pods,
+            pod_uids=[p.uid for p in self.pods],
             edges=self.edges,
             routes=self.routes,
             prof_mu=self.prof_mu,

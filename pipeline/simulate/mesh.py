@@ -288,21 +288,32 @@ class SimulatedMesh:
             self._misbehaviour[p.uid] = (mode, delay)
 
     def restart_pod(self, pod: str | int | PodInfo | ScrapeTarget, *, rename: bool = False) -> str:
-        """Restart a proxy: counters back to zero; ``rename`` makes it a replacement pod."""
+        """Restart a proxy: counters back to zero; ``rename`` makes it a replacement pod.
+
+        Either way the proxy starts afresh at the current simulated time (new
+        ``process_start_time_seconds``, certificate issued now). With ``rename``
+        the pod is replaced by a new one (new uid, IP and, outside StatefulSets,
+        name) that serves on the old pod's listener, as a scrape target behind a
+        reused address would; callers drop their series to the old pod.
+        """
         p = self._find(pod)
+        now = self.now
         if not rename:
-            self.model.reset_pod(self.layout.pod_index(p.uid), self.now)
+            p.started_at = p.cert_issued_at = now
+            self.model.reset_pod(self.layout.pod_index(p.uid), now)
             return p.name
-        old_uid = p.uid
-        self._factory.rename(p)
-        p.started_at = p.cert_issued_at = self.now
-        behaviour = self._misbehaviour.pop(old_uid, None)
+        siblings = self.pods_by_wl[p.wl]
+        slot = next(i for i, q in enumerate(siblings) if q is p)
+        new = self._factory.replacement(p, started_at=now, ordinal=slot)
+        new.cert_issued_at = now
+        siblings[slot] = new
+        behaviour = self._misbehaviour.pop(p.uid, None)
         if behaviour:
-            self._misbehaviour[p.uid] = behaviour
-        if self._server is not None and self._server.port_of(old_uid) is not None:
-            self._server.rebind(old_uid, p.uid)
+            self._misbehaviour[new.uid] = behaviour
+        if self._server is not None and self._server.port_of(p.uid) is not None:
+            self._server.rebind(p.uid, new.uid)
         self._rebuild()
-        return p.name
+        return new.name
 
     async def scale(self, namespace: str, workload: str, replicas: int) -> list[str]:
         """Add or remove pods of a workload (newest first out); returns the pod names now."""

@@ -83,9 +83,15 @@ class PodFactory:
             started_at=started_at,
         )
 
-    def rename(self, pod: Pod) -> None:
-        """A replacement pod: same slot in the workload, fresh name (and uid)."""
-        fresh = self.new_pod(pod.wl, pod.started_at)
-        pod.uid, pod.ip = fresh.uid, fresh.ip
-        if pod.kind != "statefulset":  # StatefulSet pods keep their ordinal name
-            pod.name = fresh.name
+    def replacement(self, pod: Pod, started_at: float, ordinal: int) -> Pod:
+        """A new pod taking ``pod``'s slot in its workload: fresh uid, IP and name.
+
+        The old :class:`Pod` is left untouched, so a layout built before the
+        replacement still describes the old pod (uid included) and nothing of
+        its state can leak into the new one. StatefulSet pods keep their
+        ordinal name, as Kubernetes recreates them under the same name.
+        """
+        fresh = self.new_pod(pod.wl, started_at, ordinal=ordinal)
+        if pod.kind == "statefulset":
+            fresh.name = pod.name
+        return fresh

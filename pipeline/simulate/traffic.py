@@ -248,11 +248,14 @@ class TrafficModel:
         new_open = np.zeros(len(layout.tcp_class))
         _carry(old.tcp_keys, layout.tcp_keys, tcp_open, new_open)
         previous = self._pod_state()
-        by_uid = {p.uid: i for i, p in enumerate(old.pods)}
+        # Pod state (start time, certificate, cpu) carries by uid, read from the uids
+        # each layout was built with: a pod that is new in ``layout`` (scaled up or a
+        # replacement) starts from its own Pod fields, never from a predecessor's.
+        by_uid = {uid: i for i, uid in enumerate(old.pod_uids)}
         self._init_pod_state(layout)
         fresh = self._pod_state()
-        for i, p in enumerate(layout.pods):
-            j = by_uid.get(p.uid)
+        for i, uid in enumerate(layout.pod_uids):
+            j = by_uid.get(uid)
             if j is not None:
                 for dst, src in zip(fresh, previous, strict=True):
                     dst[i] = src[j]
