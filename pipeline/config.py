@@ -27,9 +27,11 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
 ENV_PREFIX = "MESHWATCH_"
 CONFIG_ENV = "MESHWATCH_CONFIG"
@@ -40,7 +42,10 @@ class _Section(BaseModel):
 
 
 class KafkaConfig(_Section):
-    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
+    # NoDecode: from the environment this is "host:port,host:port", not JSON.
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"], min_length=1
+    )
     client_id: str = "meshwatch"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
@@ -382,6 +387,8 @@ def load_config(
         return MeshwatchConfig(**data)
     except ValidationError as exc:
         raise ConfigError(source, format_validation_error(exc)) from exc
+    except SettingsError as exc:  # an environment variable that is not valid JSON
+        raise ConfigError("environment", [f"{exc} (MESHWATCH_* variables)"]) from exc
 
 
 def read_secret(value: SecretStr | None, file: Path | None) -> str | None:

@@ -89,3 +89,18 @@ def test_config_check_exits_non_zero_with_each_error(
     assert main(["config", "check", str(f)]) == 2
     err = capsys.readouterr().err
     assert "kafka.linger_ms" in err and "kafka.acks" in err
+
+
+def test_bootstrap_servers_from_the_environment_are_comma_separated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MESHWATCH_KAFKA__BOOTSTRAP_SERVERS", "kafka-0:9092, kafka-1:9092")
+    assert load_config().kafka.bootstrap_servers == ["kafka-0:9092", "kafka-1:9092"]
+
+
+def test_a_malformed_environment_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHWATCH_KAFKA__EXTRA", "{not json")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.source == "environment"
+    assert "MESHWATCH_" in info.value.problems[0]
