@@ -221,12 +221,12 @@ class RouteDetector:
         return self.persistence[kind].firing[rows]
 
     def state_bytes_per_route(self) -> float:
-        n = max(len(self.keys), 1)
+        """Bytes of state per route seen, counting the spare rows of growth."""
         arrays = [self.windows, self.last_window, self.started, self.evidence, self.evidence_t]
         total = self.baseline.state_bytes() + sum(a.nbytes for a in arrays)
         for pers in self.persistence.values():
             total += pers.history.nbytes + pers.firing.nbytes + pers.normal_streak.nbytes
-        return total * n / self.windows.shape[0] / n
+        return total / max(len(self.keys), 1)
 
     # -- processing -------------------------------------------------------
 

@@ -1,0 +1,430 @@
+"""Detector rate: the detector stage end to end against a plain consumer.
+
+Loads W windows × N routes as GoldenBatches (K routes per workload message)
+onto the golden topic of an embedded broker (not timed), then measures in
+this one process, on the same messages:
+
+  (a) reference   a plain kafka-python group consumer that polls and runs
+                  ``decode(GoldenBatch, raw)`` on every message, nothing else;
+  (b) detector    the real ``StageRunner`` + ``DetectorProcessor`` in a fresh
+                  group: decode, detect, produce findings, flush, commit;
+  (c) engine      ``DetectionEngine.process`` alone on pre-decoded batches of
+                  the size the stage polled (no Kafka, no decoding);
+  (d) decode      ``decode(GoldenBatch, raw)`` alone (no Kafka), next to a
+                  bare ``orjson.loads`` to show what validation costs.
+
+Rates are route-samples per second; (b)/(a) is the number that carries to
+other machines. A run is timed from the first non-empty poll to the last
+record handled, so the consumer-group join is left out on both sides.
+
+    python bench/detector_rate.py                        # N=5000, W=20, K=20
+    python bench/detector_rate.py --routes 20000 --windows 10 --routes-per-batch 50
+    python bench/detector_rate.py --profile /tmp/det.prof   # cProfile of (b)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from common import (
+    MeshShape,
+    bench_broker,
+    bench_config,
+    fmt_rate,
+    generate_records,
+    machine_line,
+    produce_all,
+    rss_mib,
+)
+
+from pipeline.config import MeshwatchConfig
+from pipeline.detect.engine import DetectionEngine
+from pipeline.detect.stage import DetectorProcessor
+from pipeline.kafka.clients import make_consumer
+from pipeline.kafka.topics import ensure_topics
+from pipeline.schema import GoldenBatch, decode
+from pipeline.stage.loop import StageRunner
+
+
+@dataclass
+class Run:
+    seconds: float
+    messages: int
+    samples: int
+    polls: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+# -- (a) the reference ------------------------------------------------------------
+
+
+def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float) -> Run:
+    """A plain group consumer, same client settings, that only decodes."""
+    consumer = make_consumer(cfg.kafka, "bench-ref", f"bench-ref-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([cfg.topics.golden])
+    seen = samples = polls = 0
+    first: float | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reference read {seen}/{expected} messages")
+            polled = consumer.poll(
+                timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
+            )
+            if not polled:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            polls += 1
+            for records in polled.values():
+                for r in records:
+                    samples += len(decode(GoldenBatch, r.value).samples)
+                    seen += 1
+        took = time.perf_counter() - (first or 0.0)
+    finally:
+        consumer.close(autocommit=False)
+    return Run(took, seen, samples, polls)
+
+
+# -- (b) the detector stage ----------------------------------------------------------
+
+
+class GcClock:
+    """Time spent in the cyclic garbage collector while ``on``, per generation."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            gen = info["generation"]
+            self.seconds[gen] += time.perf_counter() - self._t
+            self.count[gen] += 1
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
+class _TimedRunner(StageRunner):
+    """The real loop, clocked from its first batch to the batch that ends the data.
+
+    With ``pause_gc`` it also tries what the loop could do about the cyclic
+    collector: ``gc.freeze()`` once before the loop (start-up objects are
+    never scanned again) and automatic collection paused while one batch is
+    in hand (a decoded batch is tens of thousands of live container objects
+    that every collection would otherwise walk; they die by refcount at the
+    end of the batch).
+    """
+
+    expected = 0
+    first: float | None = None
+    last: float | None = None
+    pause_gc = False
+    gc_clock: GcClock
+    batch_sizes: list[int]
+
+    def run(self) -> None:
+        if self.pause_gc:
+            gc.collect()
+            gc.freeze()
+        try:
+            super().run()
+        finally:
+            if self.pause_gc:
+                gc.unfreeze()
+
+    def _handle(self, records: Sequence[Any]) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+            self.gc_clock.on = True
+        self.batch_sizes.append(len(records))
+        if self.pause_gc:
+            gc.disable()
+        try:
+            super()._handle(records)
+        finally:
+            if self.pause_gc:
+                gc.enable()
+        if self.stats.consumed >= self.expected:
+            self.last = time.perf_counter()
+            self.gc_clock.on = False
+            self.stop()
+
+
+def detector_stage(
+    cfg: MeshwatchConfig, expected: int, timeout: float, *, pause_gc: bool = False
+) -> Run:
+    processor = DetectorProcessor(cfg)
+    runner = _TimedRunner(
+        cfg, processor, cfg.topics.golden, f"bench-detector-{uuid.uuid4().hex[:6]}"
+    )
+    runner.expected = expected
+    runner.batch_sizes = []
+    runner.pause_gc = pause_gc
+    timer = threading.Timer(timeout, runner.stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        with GcClock() as clock:
+            runner.gc_clock = clock
+            runner.run()  # in this thread: no monitor thread competing for the GIL
+    finally:
+        timer.cancel()
+    if runner.last is None or runner.first is None:
+        raise TimeoutError(f"detector handled {runner.stats.consumed}/{expected} messages")
+    engine = processor.engine
+    det = engine.detector
+    return Run(
+        runner.last - runner.first,
+        runner.stats.consumed,
+        engine.samples_seen,
+        runner.stats.batches,
+        extra={
+            "findings": runner.stats.produced,
+            "dead_lettered": runner.stats.dead_lettered,
+            "routes": len(det.keys),
+            "state_bytes_per_route": det.state_bytes_per_route(),
+            "state_capacity": int(det.windows.shape[0]),
+            "mean_batch": sum(runner.batch_sizes) / max(len(runner.batch_sizes), 1),
+            "gc_seconds": clock.seconds,
+            "gc_count": clock.count,
+        },
+    )
+
+
+# -- (c), (d) in memory --------------------------------------------------------------
+
+
+def engine_only(cfg: MeshwatchConfig, raws: list[bytes], chunk: int) -> Run:
+    """DetectionEngine.process on pre-decoded poll-sized batches, same order."""
+    engine = DetectionEngine(cfg.detector)
+    took = 0.0
+    findings = 0
+    for i in range(0, len(raws), chunk):
+        batches = [decode(GoldenBatch, r) for r in raws[i : i + chunk]]  # not timed
+        t = time.perf_counter()
+        findings += len(engine.process(batches))
+        took += time.perf_counter() - t
+    return Run(took, len(raws), engine.samples_seen, extra={"findings": findings})
+
+
+def decode_only(raws: list[bytes], samples: int) -> tuple[Run, Run]:
+    t = time.perf_counter()
+    for r in raws:
+        decode(GoldenBatch, r)
+    pyd = time.perf_counter() - t
+    t = time.perf_counter()
+    for r in raws:
+        orjson.loads(r)
+    js = time.perf_counter() - t
+    return Run(pyd, len(raws), samples), Run(js, len(raws), samples)
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--routes", type=int, default=5_000, help="N routes (default 5000)")
+    ap.add_argument("--windows", type=int, default=20, help="W windows (default 20)")
+    ap.add_argument(
+        "--routes-per-batch", type=int, default=20, help="K routes per message (default 20)"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="detector warm-up windows (default 5, so that findings fire within W windows)",
+    )
+    ap.add_argument("--fault-share", type=float, default=0.01, help="share of faulty routes")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="alternate every measurement this many times (default 3)",
+    )
+    ap.add_argument(
+        "--no-gc-variant", action="store_true", help="skip (b'), the stage with the GC paused"
+    )
+    ap.add_argument("--bootstrap", help="use this broker instead of starting Tansu")
+    ap.add_argument("--profile", metavar="FILE", help="cProfile the detector stage run into FILE")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    args = ap.parse_args(argv)
+
+    shape = MeshShape(
+        routes=args.routes,
+        windows=args.windows,
+        routes_per_batch=args.routes_per_batch,
+        fault_share=args.fault_share,
+        fault_from=max(args.warmup + 2, args.windows // 2),
+    )
+    print(f"detector rate — {machine_line()}")
+    print(
+        f"N={shape.routes} routes × W={shape.windows} windows, K={shape.routes_per_batch} "
+        f"routes/message, {shape.pods_per_workload} pods/workload, "
+        f"{shape.fault_share:.1%} faulty routes from window {shape.fault_from}"
+    )
+    t = time.perf_counter()
+    records = list(generate_records(shape))
+    raws = [v for _, v in records]
+    n_msgs = len(records)
+    n_samples = shape.routes * shape.windows
+    size = sum(len(v) for v in raws)
+    print(
+        f"data: {n_msgs} messages, {n_samples} route-samples, "
+        f"{size / n_msgs / 1024:.1f} KiB/message avg, {size / 2**20:.1f} MiB "
+        f"(generated in {time.perf_counter() - t:.1f} s)"
+    )
+
+    with bench_broker(args.bootstrap) as bootstrap:
+        cfg = bench_config(bootstrap, warmup_windows=args.warmup)
+        ensure_topics(cfg)
+        took = produce_all(cfg, cfg.topics.golden, records)
+        del records
+        print(
+            f"loaded {cfg.topics.golden} ({cfg.topics.specs['golden'].partitions} partitions) "
+            f"in {took:.1f} s (not counted)"
+        )
+        gc.collect()
+        rss_before, _ = rss_mib()
+
+        refs: list[Run] = []
+        dets: list[Run] = []
+        gcvs: list[Run] = []
+        engs: list[Run] = []
+        decs: list[tuple[Run, Run]] = []
+        for rep in range(args.repeat):
+            # Alternate every measurement, so drift on a shared machine hits all alike.
+            refs.append(reference_consume(cfg, n_msgs, args.timeout))
+            if args.profile and rep == 0:
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+                dets.append(detector_stage(cfg, n_msgs, args.timeout))
+                prof.disable()
+                prof.dump_stats(args.profile)
+            else:
+                dets.append(detector_stage(cfg, n_msgs, args.timeout))
+            if not args.no_gc_variant:
+                gcvs.append(detector_stage(cfg, n_msgs, args.timeout, pause_gc=True))
+            chunk = max(1, round(dets[0].extra["mean_batch"]))
+            engs.append(engine_only(cfg, raws, chunk))
+            decs.append(decode_only(raws, n_samples))
+        _, peak = rss_mib()
+
+    ref = max(refs, key=lambda r: r.rate)
+    det = max(dets, key=lambda r: r.rate)
+    eng = max(engs, key=lambda r: r.rate)
+    dec = max((d for d, _ in decs), key=lambda r: r.rate)
+    js = max((j for _, j in decs), key=lambda r: r.rate)
+
+    def line(label: str, run: Run, note: str = "") -> None:
+        print(
+            f"  {label:<38} {fmt_rate(run.rate):>10} samples/s  "
+            f"{fmt_rate(run.messages / run.seconds):>8} msgs/s  {run.seconds:6.2f} s  {note}"
+        )
+
+    print()
+    print(f"route-samples per second (best of {args.repeat}):")
+    line("(a) reference: consume + decode", ref, f"{ref.polls} polls")
+    line(
+        "(b) detector stage end to end",
+        det,
+        f"{det.polls} batches of ~{det.extra['mean_batch']:.0f} msgs, "
+        f"{det.extra['findings']} findings, {det.extra['dead_lettered']} DLQ",
+    )
+    if gcvs:
+        gcv = max(gcvs, key=lambda r: r.rate)
+        line(
+            "(b') same, GC frozen + paused per batch",
+            gcv,
+            f"{gcv.polls} batches of ~{gcv.extra['mean_batch']:.0f} msgs, "
+            f"{gcv.extra['findings']} findings",
+        )
+    line(f"(c) engine alone ({chunk} msgs/call)", eng, f"{eng.extra['findings']} findings")
+    line("(d) decode alone (pydantic)", dec)
+    line("    json parse alone (orjson.loads)", js)
+    if args.repeat > 1:
+        print(
+            "  all runs (a):",
+            ", ".join(fmt_rate(r.rate) for r in refs),
+            " (b):",
+            ", ".join(fmt_rate(r.rate) for r in dets),
+            " (b'):",
+            ", ".join(fmt_rate(r.rate) for r in gcvs) or "-",
+            " (c):",
+            ", ".join(fmt_rate(r.rate) for r in engs),
+            " (d):",
+            ", ".join(fmt_rate(d.rate) for d, _ in decs),
+        )
+    print()
+    print(f"ratio (b)/(a) detector / reference consumer: {det.rate / ref.rate:.2f}")
+    if gcvs:
+        print(f"ratio (b')/(a) with the GC paused per batch: {gcv.rate / ref.rate:.2f}")
+    per_sample = {
+        "decode (d)": dec.seconds / n_samples,
+        "engine (c)": eng.seconds / n_samples,
+    }
+    stage_us = det.seconds / n_samples * 1e6
+    kafka_us = max(0.0, ref.seconds / n_samples * 1e6 - per_sample["decode (d)"] * 1e6)
+    gc_us = sum(det.extra["gc_seconds"]) / n_samples * 1e6
+    rest = stage_us - sum(v * 1e6 for v in per_sample.values()) - kafka_us - gc_us
+    print(
+        f"where (b)'s {stage_us:.1f} µs/sample goes: decode {per_sample['decode (d)'] * 1e6:.1f}, "
+        f"engine {per_sample['engine (c)'] * 1e6:.1f}, cyclic GC {gc_us:.1f}, "
+        f"kafka fetch ≈{kafka_us:.1f} (a − d), rest (produce/commit/loop/frees) ≈{rest:.1f}"
+    )
+    gs, gn = det.extra["gc_seconds"], det.extra["gc_count"]
+    print(
+        "cyclic GC during (b): "
+        + ", ".join(f"gen{g} {gn[g]}× {gs[g]:.2f} s" for g in range(3))
+        + f" = {sum(gs):.2f} s of {det.seconds:.2f} s ({sum(gs) / det.seconds:.0%})"
+    )
+    print(
+        f"validation share of decode: {(1 - js.seconds / dec.seconds):.0%} "
+        f"(orjson alone {js.seconds / n_samples * 1e6:.1f} µs/sample)"
+    )
+    print()
+    per_route = det.extra["state_bytes_per_route"]
+    routes, capacity = det.extra["routes"], det.extra["state_capacity"]
+    print(
+        f"detector state: {per_route:.0f} bytes per route seen "
+        f"(RouteDetector.state_bytes_per_route(), spare rows included); "
+        f"{routes} routes in {capacity} allocated rows = {per_route * routes / 2**20:.1f} MiB"
+    )
+    print(
+        f"RSS: {rss_before:.0f} MiB before the runs (holds the {size / 2**20:.0f} MiB of raw "
+        f"messages), peak {peak:.0f} MiB"
+    )
+    if args.profile:
+        print(f"cProfile of (b) written to {args.profile}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
