@@ -40,10 +40,16 @@ def _setup_logging(level: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> MeshwatchConfig:
-    overrides = {}
+    overrides: dict[str, object] = {}
     if getattr(args, "bootstrap", None):
         overrides["kafka"] = {"bootstrap_servers": args.bootstrap}
-    return load_config(args.config, overrides or None)
+    if getattr(args, "metrics_address", None):
+        overrides["observe"] = {"address": args.metrics_address}
+    cfg = load_config(args.config, overrides or None)
+    from pipeline.observe.logs import configure
+
+    configure(args.log_level or cfg.log_level, cfg.observe.log_format)
+    return cfg
 
 
 def _stop_on_signals() -> threading.Event:
@@ -100,12 +106,22 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def _run_stage(cfg: MeshwatchConfig, processor: Processor, topic: str, group: str) -> int:
     from pipeline.kafka.topics import ensure_topics
+    from pipeline.observe.endpoint import ObservabilityEndpoint
     from pipeline.stage.loop import StageRunner
 
     stop = _stop_on_signals()
-    ensure_topics(cfg)
     runner = StageRunner(cfg, processor, topic, group, stop=stop)
-    runner.run()
+    endpoint = None
+    if cfg.observe.enabled:
+        endpoint = ObservabilityEndpoint(
+            cfg.observe.address, runner.metrics.registry, live=runner.live, ready=runner.is_ready
+        ).start()
+    try:
+        ensure_topics(cfg)
+        runner.run()
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
     return EXIT_OK
 
 
@@ -188,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("-c", "--config", type=Path, default=None, help="YAML config file")
         sp.add_argument("--bootstrap", default=None, help="override kafka.bootstrap_servers")
+        sp.add_argument(
+            "--metrics-address",
+            default=None,
+            help="override observe.address (host:port of /metrics, /healthz, /readyz)",
+        )
         if group:
             sp.add_argument("--group", default=group, help=f"consumer group (default {group})")
         return sp

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from pipeline.config import MeshwatchConfig
 from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.observe.stage_metrics import StageMetrics
 from pipeline.schema import DeadLetter, encode
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ class StageRunner:
         stop: threading.Event | None = None,
         consumer_factory: Callable[[], KafkaConsumer] | None = None,
         producer: KafkaProducer | None = None,
+        metrics: StageMetrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.processor = processor
@@ -169,6 +171,8 @@ class StageRunner:
         self._assigned: set[TopicPartition] = set()
         self._pending: list[tuple[bool, list[TopicPartition]]] = []
         self.ready = threading.Event()
+        self.metrics = metrics or StageMetrics(processor.name)
+        self._last_loop = time.monotonic()
 
     @property
     def producer(self) -> KafkaProducer:
@@ -196,6 +200,7 @@ class StageRunner:
         )
         try:
             while not self.stop_event.is_set():
+                self._last_loop = time.monotonic()
                 polled = consumer.poll(
                     timeout_ms=self.cfg.kafka.poll_timeout_ms,
                     max_records=self.cfg.kafka.max_poll_records,
@@ -269,6 +274,12 @@ class StageRunner:
         self.stats.batches += 1
         self.stats.consumed += len(records)
         self.stats.last_batch_seconds = time.perf_counter() - started
+        m = self.metrics
+        m.messages_in.inc(len(records))
+        m.batch_size.observe(len(records))
+        m.batch_seconds.observe(self.stats.last_batch_seconds)
+        m.last_batch.set_to_current_time()
+        self._record_lag()
 
     def _process(self, good: list[Inbound[Any]]) -> list[Output]:
         try:
@@ -324,6 +335,12 @@ class StageRunner:
         for f in futures:
             f.get(timeout=30)  # raises: the batch is not committed, so it is re-read
         self.stats.produced += len(outputs)
+        for o in outputs:
+            if o.topic == self.cfg.topics.dlq:
+                reason = dict(o.headers).get("meshwatch-reason", b"?").decode()
+                self.metrics.dead_lettered(reason)
+            else:
+                self.metrics.produced(o.topic)
 
     def _commit(self, records: Sequence[Any]) -> None:
         assert self._consumer is not None
@@ -343,8 +360,38 @@ class StageRunner:
         else:
             self._assigned -= set(partitions)
         self.stats.assigned = tuple(sorted(tp.partition for tp in self._assigned))
-        if self._assigned:
-            self.ready.set()
+        self.metrics.assigned.set(len(self._assigned))
+        # Ready once the group has given us our share (possibly none, with
+        # more replicas than partitions) and its state is restored.
+        self.ready.set()
+
+    def _record_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in self._assigned:
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            behind = max(high - consumer.position(tp), 0)
+            self.metrics.lag.labels(self.processor.name, tp.topic, str(tp.partition)).set(behind)
+
+    # -- probes ---------------------------------------------------------------
+
+    def live(self) -> tuple[bool, str]:
+        """Alive while the loop keeps coming back to poll."""
+        stalled = time.monotonic() - self._last_loop
+        limit = max(60.0, 3 * self.cfg.kafka.session_timeout_ms / 1000)
+        if stalled > limit:
+            return False, f"loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def is_ready(self) -> tuple[bool, str]:
+        if self.stop_event.is_set():
+            return False, "stopping"
+        if not self.ready.is_set():
+            return False, "waiting for partition assignment and state restore"
+        return True, f"ready, partitions {list(self.stats.assigned)}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,1 @@
+"""Self-observability: /metrics, /healthz, /readyz and structured logs for every stage."""
