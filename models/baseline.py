@@ -7,6 +7,11 @@ window shifts the baseline by a bounded amount, and a running incident
 (whose windows the caller masks out) is not learned as normal at all.
 During warm-up the weight is 1/n, i.e. a plain running mean, so a baseline
 is usable after a few windows instead of after several half-lives.
+
+Each metric may have its own half-life (request rates follow the day faster
+than latency should follow a slow creep), and :meth:`RobustBaseline.reset`
+moves chosen levels at once: that is how the detector re-baselines after a
+lasting, stable shift (a deploy) without waiting half-lives.
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ class RobustBaseline:
         self,
         n_metrics: int,
         *,
-        half_life: float = 60.0,
+        half_life: FloatArray | float = 60.0,
         clip: float = 2.5,
         spread_clip: float = 5.0,
         min_spread: FloatArray | float = 0.05,
         capacity: int = 1024,
     ) -> None:
         self.n_metrics = n_metrics
-        self.alpha = 1.0 - 0.5 ** (1.0 / half_life)
+        hl = np.broadcast_to(np.asarray(half_life, dtype=np.float64), (n_metrics,))
+        self.alpha = 1.0 - 0.5 ** (1.0 / hl)
         self.clip = clip
         self.spread_clip = spread_clip
         self.min_spread = np.broadcast_to(np.asarray(min_spread, dtype=np.float64), (n_metrics,))
@@ -93,6 +99,12 @@ class RobustBaseline:
         self.level[rows] = np.where(ok, new_level, level)
         self.spread[rows] = np.where(ok, new_spread, spread)
         self.count[rows] = n
+
+    def reset(self, rows: IntArray, col: int, level: FloatArray, mask: BoolArray) -> None:
+        """Set column ``col``'s level to ``level`` where ``mask``; spread and count stay."""
+        r = rows[mask]
+        if r.size:
+            self.level[r, col] = level[mask]
 
     def state_bytes(self) -> int:
         return int(self.level.nbytes + self.spread.nbytes + self.count.nbytes)

@@ -3,25 +3,77 @@
 Input is columnar (one entry per route-window); every step is a numpy
 operation over the whole batch. When one batch holds two windows of the same
 route, it is processed in rounds so each route still advances one window at
-a time, in order.
+a time, in order. All per-route state lives in parallel numpy arrays indexed
+by a route row (no per-route Python objects), so it can be checkpointed as a
+handful of arrays.
+
+Three steps, kept apart so each is configurable on its own:
+
+1. **score** — every kind turns a window into a calibrated score in [0, 1]:
+   one minus the probability, under the route's learned normal, of a window
+   at least this far from normal (so 0.999 means "1 in 1,000 normal windows
+   look like this"). Where both a counting model and the route's own learned
+   variability apply, the score is the *smaller* of the two: a window must be
+   surprising for the sample size it has *and* beyond how much the metric
+   usually wanders (real series are over-dispersed; counts alone would make
+   a busy route alert on every wobble).
+2. **threshold** — a window is anomalous when its score passes the kind's
+   threshold *and* a practical-significance guard (a minimum slow-down ratio,
+   error ratio, drop ratio...), so statistically real but harmless shifts on
+   busy routes stay quiet.
+3. **persistence** — :class:`~models.persistence.Persistence` fires after N
+   anomalous windows of the last M and resolves after R normal ones.
 
 Kinds and their tests:
 
-- ``latency``: log p95/p99 against a robust baseline in log space (a ratio
-  is what people feel: 40 → 80 ms matters as much as 400 → 800 ms).
-- ``error_rate``: binomial upper tail of the failure count given the usual
-  failure ratio — meaningful at 3 failures in 40 requests, unlike a z-score
-  of ratios.
-- ``tls_failure``: Poisson upper tail of TLS detection/handshake errors
-  against their own usual rate.
+- ``latency`` (log space): with a latency histogram, the number of requests
+  slower than the route's usual p95 against a binomial tail (a quantile of
+  50 requests jumps a whole bucket when one request is slow; the count of
+  slow requests does not). Without a histogram (a plain series), the log
+  p95/p99 distance from their robust level in learned spreads. Guard: the
+  worst of p95/p99 is at least ``latency_min_ratio`` times its usual value.
+- ``error_rate``: binomial tail of the failure count given the usual failure
+  ratio, and the ratio's distance from its level in learned spreads. Guard:
+  ratio at least ``error_min_ratio`` and ``error_min_factor`` × usual.
+- ``tls_failure``: Poisson tail of TLS detection/handshake errors against
+  their usual count per window (and learned spread).
 - ``mtls_regression``: binomial tail of plaintext requests on a route whose
-  traffic was mTLS.
-- ``traffic_drop``: Poisson lower tail of the request count (zero traffic
-  included) against the usual rate.
-- ``cert_expiry``: the identity certificate's time to expiry below a floor.
+  traffic was mTLS; guard: plaintext share up by ``mtls_min_increase``.
+- ``traffic_drop`` / ``traffic_surge``: Poisson lower/upper tail of the
+  request count against the expected count, and the log-rate distance in
+  learned spreads (request rates are over-dispersed). The expected count is
+  the robust level, plus a per-hour-of-day profile when daily seasonality is
+  on. *No traffic* (zero requests where at least ``traffic_min_expected``
+  were expected) is its own state: always a drop, never re-baselined.
+- ``cert_expiry``: the identity certificate's time to expiry under
+  ``min(cert_min_ttl_seconds, cert_min_ttl_fraction × lifetime)``, the
+  lifetime being the longest TTL the route has shown (a fresh certificate's
+  TTL). A healthy proxy renews at 70 % of the lifetime, so a TTL under a
+  quarter of it means renewals have been failing.
 
-A window is *judged* only with enough traffic and a warm baseline; windows
-that are anomalous are not learned, so an incident does not become normal.
+Baselines (``models.baseline.RobustBaseline``) warm up for
+``warmup_windows`` windows; windows with fewer than ``min_requests`` requests
+are not judged and not learned. Learning is outlier-resistant: a window
+whose score for its kind is above ``learn_threshold`` (0.99: suspicious,
+though not yet anomalous) does not move the baseline, nor does any window
+of a firing incident, so neither an incident nor a slow creep is learned as
+normal. Request rates are the exception: they learn from every window that
+is not anomalous (clipped), so the baseline follows the daily curve.
+
+**Re-baselining (a deploy that shifts latency and stays).** For latency and
+traffic, the detector counts consecutive judged anomalous windows and keeps
+the mean, variance and a short moving average of the metric over that run.
+After ``rebaseline_windows`` (K) of them, if the new level is *stable* — its
+standard deviation over the run at most ``rebaseline_spread_factor`` times
+the usual spread, and the recent average within ``rebaseline_drift`` spreads
+of the run's mean (no trend) — and, for latency, the shift is at most
+``rebaseline_max_ratio``, the level is moved to the run's mean: the change is
+accepted as the new normal, the windows turn normal, and the finding resolves
+``resolve_after`` windows later. Error ratios, TLS failures, plaintext share,
+certificate expiry and *no traffic* are never re-baselined: there is no
+"new normal" for failing requests. The consequence, by design: a latency
+incident that holds one stable level for K windows (10 minutes at the
+default 60 × 10 s) is treated as a new normal too.
 """
 
 from __future__ import annotations
@@ -37,6 +89,7 @@ from models.baseline import RobustBaseline
 from models.persistence import Persistence
 from models.significance import (
     binomial_surprise,
+    normal_score,
     poisson_drop_surprise,
     poisson_surprise,
 )
@@ -46,7 +99,7 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 MODEL_NAME = "robust-baseline"
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "2.0.0"
 
 KINDS: tuple[str, ...] = (
     "latency",
@@ -54,6 +107,7 @@ KINDS: tuple[str, ...] = (
     "tls_failure",
     "mtls_regression",
     "traffic_drop",
+    "traffic_surge",
     "cert_expiry",
 )
 UNITS = {
@@ -62,12 +116,15 @@ UNITS = {
     "tls_failure": "failures/window",
     "mtls_regression": "ratio",
     "traffic_drop": "requests/window",
+    "traffic_surge": "requests/window",
     "cert_expiry": "seconds",
 }
 # Baseline columns.
 LP50, LP95, LP99, ERR, TLS, PLAIN, LREQ, EXC = range(8)
 N_METRICS = 8
-MIN_SPREAD = np.array([0.15, 0.15, 0.15, 0.0, 0.0, 0.0, 0.1, 0.0])
+MIN_SPREAD = np.array([0.15, 0.15, 0.15, 0.002, 0.5, 0.0, 0.1, 0.0])
+#: Re-baselining groups: latency (log quantiles) and traffic (log rate).
+G_LATENCY, G_TRAFFIC = 0, 1
 #: Latency bucket bounds (ms) the detector reads exceedance counts from.
 DEFAULT_BOUNDS_MS = np.array(
     [1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
@@ -79,14 +136,17 @@ DEFAULT_BOUNDS_MS = np.array(
 def count_above(buckets: FloatArray, threshold: FloatArray, bounds: FloatArray) -> FloatArray:
     """Requests slower than ``threshold`` per row, from per-bucket counts.
 
-    Inside the bucket holding the threshold, requests are taken as spread
-    evenly (the same assumption as ``histogram_quantile``).
+    ``bounds`` holds the upper bucket bounds, one layout for every row (1-D)
+    or one per row (2-D, padded on the right with +Inf buckets of no
+    requests). Inside the bucket holding the threshold, requests are taken
+    as spread evenly (the same assumption as ``histogram_quantile``).
     """
-    upper = bounds[None, :]
-    lower = np.concatenate(([0.0], bounds[:-1]))[None, :]
+    upper = bounds[None, :] if bounds.ndim == 1 else bounds
+    zero = np.zeros((upper.shape[0], 1))
+    lower = np.concatenate([zero, upper[:, :-1]], axis=1)
     t = threshold[:, None]
-    width = np.where(np.isinf(upper), np.inf, upper - lower)
     with np.errstate(invalid="ignore", divide="ignore"):
+        width = np.where(np.isinf(upper), np.inf, upper - lower)
         inside = np.where(np.isinf(upper), 1.0, (upper - t) / width)
     frac = np.where(upper <= t, 0.0, np.where(lower >= t, 1.0, np.clip(inside, 0.0, 1.0)))
     return np.asarray((buckets * frac).sum(axis=1), dtype=np.float64)
@@ -94,23 +154,42 @@ def count_above(buckets: FloatArray, threshold: FloatArray, bounds: FloatArray) 
 
 @dataclass(frozen=True)
 class DetectorParams:
+    # warm-up and guards
     warmup_windows: int = 30
     min_requests: int = 20
+    # score thresholds (a window is anomalous at or above these, guards permitting)
     latency_threshold: float = 0.999
     error_threshold: float = 0.999
     tls_threshold: float = 0.999
     mtls_threshold: float = 0.999
     traffic_threshold: float = 0.9999
+    #: windows scoring above this are not learned (suspicious, not yet anomalous)
+    learn_threshold: float = 0.99
+    # practical significance
     latency_min_ratio: float = 1.5
-    error_min_ratio: float = 0.02
+    error_min_ratio: float = 0.01
+    error_min_factor: float = 2.0
     error_floor: float = 0.001
     tls_min_failures: int = 3
     mtls_min_increase: float = 0.10
     traffic_min_expected: float = 20.0
-    traffic_max_ratio: float = 0.5
+    traffic_drop_ratio: float = 0.5
+    traffic_surge_ratio: float = 3.0
     cert_min_ttl_seconds: float = 4 * 3600.0
+    cert_min_ttl_fraction: float = 0.25
+    # adaptation
     band_z: float = 3.0
     half_life_windows: float = 60.0
+    traffic_half_life_windows: float = 30.0
+    rebaseline_windows: int = 60
+    rebaseline_spread_factor: float = 2.0
+    rebaseline_drift: float = 1.0
+    rebaseline_max_ratio: float = 4.0
+    # daily seasonality of the request rate (0 turns it off)
+    season_period_seconds: float = 86400.0
+    season_bins: int = 24
+    season_half_life_periods: float = 3.0
+    # persistence
     fire_after: int = 2
     fire_window: int = 3
     resolve_after: int = 3
@@ -132,7 +211,10 @@ class Observations:
     plaintext: FloatArray
     mtls: FloatArray
     cert_ttl: FloatArray
-    buckets: FloatArray | None = None  # (n, len(DEFAULT_BOUNDS_MS)) per-bucket counts
+    buckets: FloatArray | None = None  # (n, b) per-bucket counts
+    #: (n, b) upper bounds per row; None means DEFAULT_BOUNDS_MS for every row
+    bounds: FloatArray | None = None
+    window_seconds: FloatArray | None = None  # default 10 s
 
     def take(self, idx: IntArray) -> Observations:
         fields: dict[str, Any] = {
@@ -157,6 +239,7 @@ class KindVerdict:
     observed: FloatArray
     expected_low: FloatArray
     expected_high: FloatArray
+    rebaselined: BoolArray | None = None
 
 
 @dataclass
@@ -170,8 +253,10 @@ class RouteDetector:
 
     def __init__(self, params: DetectorParams | None = None, capacity: int = 1024) -> None:
         self.params = p = params or DetectorParams()
+        half_life = np.full(N_METRICS, p.half_life_windows)
+        half_life[LREQ] = p.traffic_half_life_windows
         self.baseline = RobustBaseline(
-            N_METRICS, half_life=p.half_life_windows, min_spread=MIN_SPREAD, capacity=capacity
+            N_METRICS, half_life=half_life, min_spread=MIN_SPREAD, capacity=capacity
         )
         self.persistence = {
             k: Persistence(p.fire_after, p.fire_window, p.resolve_after, capacity) for k in KINDS
@@ -183,6 +268,17 @@ class RouteDetector:
         k = p.evidence_points
         self.evidence = np.full((capacity, len(KINDS), k), np.nan)
         self.evidence_t = np.full((capacity, k), np.nan)
+        # re-baselining: consecutive anomalous windows per group, and the run's
+        # sum, sum of squares and short moving average per metric
+        self.streak = np.zeros((capacity, 2), dtype=np.int64)
+        self.run_sum = np.zeros((capacity, N_METRICS))
+        self.run_sq = np.zeros((capacity, N_METRICS))
+        self.run_recent = np.zeros((capacity, N_METRICS))
+        # longest certificate TTL seen (≈ the certificate lifetime)
+        self.cert_max = np.full(capacity, np.nan)
+        # daily profile of the log request rate, and when the route was first seen
+        self.season = np.zeros((capacity, max(p.season_bins, 1)))
+        self.first_seen = np.full(capacity, np.nan)
         self._window_end = np.zeros(0)
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
@@ -210,23 +306,55 @@ class RouteDetector:
         self.baseline.grow(new)
         for pers in self.persistence.values():
             pers.grow(new)
-        self.windows = np.concatenate([self.windows, np.zeros(pad, dtype=np.int64)])
-        self.last_window = np.concatenate([self.last_window, np.full(pad, -np.inf)])
-        self.started = np.vstack([self.started, np.zeros((pad, len(KINDS)))])
-        k = self.evidence.shape[2]
-        self.evidence = np.concatenate([self.evidence, np.full((pad, len(KINDS), k), np.nan)])
-        self.evidence_t = np.vstack([self.evidence_t, np.full((pad, k), np.nan)])
+
+        def padded(a: npt.NDArray[Any], fill: float) -> npt.NDArray[Any]:
+            extra = np.full((pad, *a.shape[1:]), fill, dtype=a.dtype)
+            return np.concatenate([a, extra])
+
+        self.windows = padded(self.windows, 0)
+        self.last_window = padded(self.last_window, -np.inf)
+        self.started = padded(self.started, 0.0)
+        self.evidence = padded(self.evidence, np.nan)
+        self.evidence_t = padded(self.evidence_t, np.nan)
+        self.streak = padded(self.streak, 0)
+        self.run_sum = padded(self.run_sum, 0.0)
+        self.run_sq = padded(self.run_sq, 0.0)
+        self.run_recent = padded(self.run_recent, 0.0)
+        self.cert_max = padded(self.cert_max, np.nan)
+        self.season = padded(self.season, 0.0)
+        self.first_seen = padded(self.first_seen, np.nan)
 
     def firing(self, kind: str, rows: IntArray) -> BoolArray:
         return self.persistence[kind].firing[rows]
 
+    def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """Every per-route array, by name (what a checkpoint must carry)."""
+        out: dict[str, npt.NDArray[Any]] = {
+            "windows": self.windows,
+            "last_window": self.last_window,
+            "started": self.started,
+            "evidence": self.evidence,
+            "evidence_t": self.evidence_t,
+            "streak": self.streak,
+            "run_sum": self.run_sum,
+            "run_sq": self.run_sq,
+            "run_recent": self.run_recent,
+            "cert_max": self.cert_max,
+            "season": self.season,
+            "first_seen": self.first_seen,
+            "baseline.level": self.baseline.level,
+            "baseline.spread": self.baseline.spread,
+            "baseline.count": self.baseline.count,
+        }
+        for k, pers in self.persistence.items():
+            out[f"{k}.history"] = pers.history
+            out[f"{k}.firing"] = pers.firing
+            out[f"{k}.normal_streak"] = pers.normal_streak
+        return out
+
     def state_bytes_per_route(self) -> float:
-        """Bytes of state per route seen, counting the spare rows of growth."""
-        arrays = [self.windows, self.last_window, self.started, self.evidence, self.evidence_t]
-        total = self.baseline.state_bytes() + sum(a.nbytes for a in arrays)
-        for pers in self.persistence.values():
-            total += pers.history.nbytes + pers.firing.nbytes + pers.normal_streak.nbytes
-        return total / max(len(self.keys), 1)
+        total = sum(a.nbytes for a in self.state_arrays().values())
+        return total / self.windows.shape[0]
 
     # -- processing -------------------------------------------------------
 
@@ -248,21 +376,34 @@ class RouteDetector:
         if not results:
             return Verdicts(index=np.zeros(0, dtype=np.int64))
         index = np.concatenate([i for i, _ in results])
-        kinds = {
-            k: KindVerdict(
-                **{
-                    f: np.concatenate([getattr(v[k], f) for _, v in results])
-                    for f in KindVerdict.__dataclass_fields__
-                }
-            )
-            for k in KINDS
-        }
+        kinds: dict[str, KindVerdict] = {}
+        for k in KINDS:
+            cols: dict[str, Any] = {}
+            for f in KindVerdict.__dataclass_fields__:
+                parts = [getattr(v[k], f) for _, v in results]
+                if f == "rebaselined":
+                    parts = [
+                        np.zeros(i.size, dtype=np.bool_) if a is None else a
+                        for a, (i, _) in zip(parts, results, strict=True)
+                    ]
+                cols[f] = np.concatenate(parts)
+            kinds[k] = KindVerdict(**cols)
         return Verdicts(index=index, kinds=kinds)
+
+    def _season_bin(self, o: Observations) -> IntArray:
+        p = self.params
+        ws = o.window_seconds if o.window_seconds is not None else np.full(len(o), 10.0)
+        mid = o.window_end - np.nan_to_num(ws, nan=10.0) / 2
+        period = max(p.season_period_seconds, 1.0)
+        frac = np.mod(mid, period) / period
+        return np.minimum((frac * p.season_bins).astype(np.int64), p.season_bins - 1)
 
     def _round(self, o: Observations) -> dict[str, KindVerdict]:
         p = self.params
         rows = o.rows
         b = self.baseline
+        n_rows = len(rows)
+        at = np.arange(n_rows)
         self._window_end = o.window_end
         with np.errstate(divide="ignore", invalid="ignore"):
             x = np.column_stack(
@@ -276,73 +417,107 @@ class RouteDetector:
                         o.mtls + o.plaintext > 0, o.plaintext / (o.mtls + o.plaintext), np.nan
                     ),
                     np.log1p(o.requests),
-                    np.full(len(rows), np.nan),  # EXC, filled below
+                    np.full(n_rows, np.nan),  # EXC, filled below
                 ]
             )
         x = np.where(np.isfinite(x), x, np.nan)
         warm = b.count[rows] >= p.warmup_windows
-        level = b.level[rows]
+        level = b.level[rows].copy()
         spread = b.effective_spread(rows)
         out: dict[str, KindVerdict] = {}
         enough = o.requests >= p.min_requests
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (x - level) / spread
 
-        # latency: how many requests were slower than the usual p95? A
-        # count-based test: a single slow request among 50 moves p99 across a
-        # whole bucket, but it does not make "slower than usual p95" rare.
-        exceed_p0 = np.clip(np.nan_to_num(level[:, EXC], nan=0.05), 0.01, 0.5)
+        # -- daily seasonality of the request rate: offset of this hour of day
+        seasonal = p.season_period_seconds > 0 and p.season_bins > 1
+        self.first_seen[rows] = np.where(
+            np.isnan(self.first_seen[rows]), o.window_end, self.first_seen[rows]
+        )
+        if seasonal:
+            sbin = self._season_bin(o)
+            ready = (o.window_end - self.first_seen[rows]) >= p.season_period_seconds
+            offset = np.where(ready, self.season[rows, sbin], 0.0)
+        else:
+            sbin = np.zeros(n_rows, dtype=np.int64)
+            offset = np.zeros(n_rows)
+        expected_log = level[:, LREQ] + offset
+        z[:, LREQ] = (x[:, LREQ] - expected_log) / spread[:, LREQ]
+
+        # How many requests the learned rates rest on: an exponentially weighted
+        # mean remembers about 2/alpha windows (all of them during warm-up).
+        # A usual rate learned from few requests is uncertain; the tests use
+        # its upper bound (rate + 1.5 standard errors), so a low-traffic route
+        # does not alert because its baseline happened to come out low.
+        memory = np.minimum(b.count[rows], (2.0 / b.alpha)[None, :])
+        n_learned = np.maximum(memory * np.expm1(np.maximum(level[:, [LREQ]], 0.0)), 1.0)
+
+        def upper(rate: FloatArray, col: int) -> FloatArray:
+            return np.asarray(rate + 1.5 * np.sqrt(rate / n_learned[:, col]), dtype=np.float64)
+
+        # -- latency ------------------------------------------------------------
+        exceed_p0 = np.clip(upper(np.nan_to_num(level[:, EXC], nan=0.05), EXC), 0.01, 0.5)
         if o.buckets is not None:
             threshold = np.exp(level[:, LP95])
             n_lat = o.buckets.sum(axis=1)
-            k_above = count_above(o.buckets, threshold, DEFAULT_BOUNDS_MS)
+            bounds = DEFAULT_BOUNDS_MS if o.bounds is None else o.bounds
+            k_above = count_above(o.buckets, threshold, bounds)
             with np.errstate(invalid="ignore", divide="ignore"):
                 x[:, EXC] = np.where(n_lat > 0, k_above / n_lat, np.nan)
         else:
-            n_lat = np.zeros(len(rows))
-            k_above = np.zeros(len(rows))
-        z = (x[:, [LP95, LP99]] - level[:, [LP95, LP99]]) / spread[:, [LP95, LP99]]
-        z = np.where(np.isfinite(z), z, -np.inf)
-        worst = np.where(z[:, 1] >= z[:, 0], LP99, LP95)
-        at = np.arange(len(rows))
-        # practical significance on the quantile that looks worst
+            n_lat = np.zeros(n_rows)
+            k_above = np.zeros(n_rows)
+        zq = np.where(np.isfinite(z[:, [LP95, LP99]]), z[:, [LP95, LP99]], -np.inf)
+        worst = np.where(zq[:, 1] >= zq[:, 0], LP99, LP95)
         ratio = np.exp(x[at, worst] - level[at, worst])
-        judged = warm[:, LP95] & warm[:, EXC] & enough & (n_lat >= p.min_requests)
-        score = np.where(judged, binomial_surprise(np.rint(k_above), n_lat, exceed_p0), 0.0)
-        anomalous = (
-            judged
-            & (score >= p.latency_threshold)
-            & (ratio >= p.latency_min_ratio)
-            & (k_above >= 2 * exceed_p0 * n_lat)
-        )
+        counted = n_lat >= p.min_requests
+        judged_lat = warm[:, LP95] & enough & (counted & warm[:, EXC] | ~counted)
+        judged_lat &= counted | np.isfinite(x[:, LP95]) | np.isfinite(x[:, LP99])
+        count_score = binomial_surprise(np.rint(k_above), n_lat, exceed_p0)
+        spread_score = normal_score(np.max(zq, axis=1))
+        score = np.where(judged_lat, np.where(counted, count_score, spread_score), 0.0)
+        practical = np.nan_to_num(ratio) >= p.latency_min_ratio
+        practical &= ~counted | (k_above >= 2 * exceed_p0 * n_lat)
+        anomalous = judged_lat & (score >= p.latency_threshold) & practical
+        lat_score = score
         lo = np.exp(level[:, LP99] - p.band_z * spread[:, LP99])
         hi = np.exp(level[:, LP99] + p.band_z * spread[:, LP99])
-        out["latency"] = self._verdict("latency", rows, score, judged, anomalous, o.p99_ms, lo, hi)
+        out["latency"] = self._verdict(
+            "latency", rows, score, judged_lat, anomalous, o.p99_ms, lo, hi
+        )
 
-        # error rate: binomial tail against the usual failure ratio
-        p0 = np.maximum(np.nan_to_num(level[:, ERR]), p.error_floor)
-        judged = warm[:, ERR] & (o.requests > 0) & enough
-        score = np.where(judged, binomial_surprise(o.failures, o.requests, p0), 0.0)
+        # -- error rate ---------------------------------------------------------
+        p0 = upper(np.maximum(np.nan_to_num(level[:, ERR]), p.error_floor), ERR)
         err = x[:, ERR]
+        judged = warm[:, ERR] & (o.requests > 0) & enough
+        count_score = binomial_surprise(o.failures, o.requests, p0)
+        spread_score = normal_score((err - p0) / spread[:, ERR])
+        score = np.where(judged, np.minimum(count_score, spread_score), 0.0)
         anomalous = (
             judged
             & (score >= p.error_threshold)
-            & (np.nan_to_num(err) >= np.maximum(p.error_min_ratio, 2 * p0))
+            & (np.nan_to_num(err) >= np.maximum(p.error_min_ratio, p.error_min_factor * p0))
         )
-        hi = np.minimum(p0 + p.band_z * np.sqrt(p0 * (1 - p0) / np.maximum(o.requests, 1)), 1.0)
+        sd = np.sqrt(p0 * (1 - p0) / np.maximum(o.requests, 1))
+        hi = np.minimum(p0 + p.band_z * np.maximum(sd, spread[:, ERR]), 1.0)
         out["error_rate"] = self._verdict(
             "error_rate", rows, score, judged, anomalous, err, np.zeros_like(p0), hi
         )
 
-        # TLS failures: Poisson tail against their own usual rate
+        # -- TLS failures -------------------------------------------------------
         lam = np.maximum(np.nan_to_num(level[:, TLS]), 0.5)
         judged = warm[:, TLS] & np.isfinite(o.tls_failures)
-        score = np.where(judged, poisson_surprise(o.tls_failures, lam), 0.0)
+        spread_score = normal_score((o.tls_failures - lam) / spread[:, TLS])
+        score = np.where(
+            judged, np.minimum(poisson_surprise(o.tls_failures, lam), spread_score), 0.0
+        )
         anomalous = judged & (score >= p.tls_threshold) & (o.tls_failures >= p.tls_min_failures)
-        hi = lam + p.band_z * np.sqrt(lam)
+        hi = lam + p.band_z * np.maximum(np.sqrt(lam), spread[:, TLS])
         out["tls_failure"] = self._verdict(
             "tls_failure", rows, score, judged, anomalous, o.tls_failures, np.zeros_like(lam), hi
         )
 
-        # mTLS regression: plaintext share rising on a route that was meshed
+        # -- mTLS regression ----------------------------------------------------
         total = o.mtls + o.plaintext
         b0 = np.maximum(np.nan_to_num(level[:, PLAIN]), 0.005)
         judged = warm[:, PLAIN] & (total >= p.min_requests) & (level[:, PLAIN] < 0.5)
@@ -357,50 +532,102 @@ class RouteDetector:
             "mtls_regression", rows, score, judged, anomalous, share, np.zeros_like(b0), b0 + 0.05
         )
 
-        # traffic drop: Poisson lower tail of the request count
-        expected = np.expm1(level[:, LREQ])
-        judged = warm[:, LREQ] & (expected >= p.traffic_min_expected)
-        score = np.where(judged, poisson_drop_surprise(o.requests, expected), 0.0)
-        anomalous = (
-            judged & (score >= p.traffic_threshold) & (o.requests <= p.traffic_max_ratio * expected)
-        )
-        lo = np.expm1(np.maximum(level[:, LREQ] - p.band_z * spread[:, LREQ], 0.0))
-        hi = np.expm1(level[:, LREQ] + p.band_z * spread[:, LREQ])
-        out["traffic_drop"] = self._verdict(
-            "traffic_drop", rows, score, judged, anomalous, o.requests, lo, hi
-        )
-
-        # certificate expiry: a floor, no baseline needed
-        ttl = o.cert_ttl
-        judged = np.isfinite(ttl)
-        floor = p.cert_min_ttl_seconds
-        score = np.where(judged, np.clip(1.0 - np.nan_to_num(ttl) / (2 * floor), 0.0, 1.0), 0.0)
-        anomalous = judged & (np.nan_to_num(ttl, nan=np.inf) < floor)
-        out["cert_expiry"] = self._verdict(
-            "cert_expiry",
-            rows,
-            score,
+        # -- traffic: drop (incl. no traffic) and surge -------------------------
+        expected = np.expm1(expected_log)
+        judged = warm[:, LREQ] & (expected >= p.traffic_min_expected) & np.isfinite(o.requests)
+        zr = np.nan_to_num(z[:, LREQ])
+        drop_score = np.where(
             judged,
-            anomalous,
-            ttl,
-            np.full_like(ttl, floor),
-            np.full_like(ttl, np.inf),
+            np.minimum(poisson_drop_surprise(o.requests, expected), normal_score(-zr)),
+            0.0,
+        )
+        drop = judged & (drop_score >= p.traffic_threshold)
+        drop &= o.requests <= p.traffic_drop_ratio * expected
+        judged_up = warm[:, LREQ] & np.isfinite(o.requests) & (o.requests >= p.min_requests)
+        surge_score = np.where(
+            judged_up,
+            np.minimum(poisson_surprise(o.requests, np.maximum(expected, 0.5)), normal_score(zr)),
+            0.0,
+        )
+        surge = judged_up & (surge_score >= p.traffic_threshold)
+        surge &= (o.requests >= p.traffic_surge_ratio * np.maximum(expected, 1.0)) & (
+            o.requests >= p.traffic_min_expected
+        )
+        lo = np.expm1(np.maximum(expected_log - p.band_z * spread[:, LREQ], 0.0))
+        lo = np.minimum(lo, expected * p.traffic_drop_ratio)
+        hi = np.expm1(expected_log + p.band_z * spread[:, LREQ])
+        hi = np.maximum(hi, expected * p.traffic_surge_ratio)
+        out["traffic_drop"] = self._verdict(
+            "traffic_drop", rows, drop_score, judged, drop, o.requests, lo, hi
+        )
+        out["traffic_surge"] = self._verdict(
+            "traffic_surge", rows, surge_score, judged_up, surge, o.requests, lo, hi
         )
 
-        # Learn only from windows that looked normal for the kinds they feed.
+        # -- certificate expiry -------------------------------------------------
+        ttl = o.cert_ttl
+        has_ttl = np.isfinite(ttl)
+        cmax = np.fmax(self.cert_max[rows], np.where(has_ttl, ttl, np.nan))
+        self.cert_max[rows] = cmax
+        floor = np.minimum(p.cert_min_ttl_seconds, p.cert_min_ttl_fraction * cmax)
+        floor = np.where(np.isfinite(floor), floor, p.cert_min_ttl_seconds)
+        score = np.where(
+            has_ttl, np.clip(1.0 - np.nan_to_num(ttl) / (2 * np.maximum(floor, 1.0)), 0.0, 1.0), 0
+        )
+        anomalous = has_ttl & (np.nan_to_num(ttl, nan=np.inf) < floor)
+        out["cert_expiry"] = self._verdict(
+            "cert_expiry", rows, score, has_ttl, anomalous, ttl, floor, np.full_like(ttl, np.inf)
+        )
+
+        # -- re-baselining after a lasting, stable shift (latency, traffic) ----
+        lat_anom = out["latency"].anomalous
+        traffic_anom = (out["traffic_drop"].anomalous | out["traffic_surge"].anomalous) & (
+            o.requests > 0
+        )
+        x_season = x.copy()
+        x_season[:, LREQ] = x[:, LREQ] - offset
+        rebased_lat = self._track_run(
+            rows, G_LATENCY, [LP50, LP95, LP99], lat_anom, judged_lat, x_season, spread, LP95
+        )
+        rebased_lat &= np.exp(self._run_mean(rows, LP95) - level[:, LP95]) <= (
+            p.rebaseline_max_ratio
+        )
+        rebased_tr = self._track_run(
+            rows, G_TRAFFIC, [LREQ], traffic_anom, judged | judged_up, x_season, spread, LREQ
+        )
+        for col in (LP50, LP95, LP99):
+            b.reset(rows, col, self._run_mean(rows, col), rebased_lat)
+        b.reset(rows, LREQ, self._run_mean(rows, LREQ), rebased_tr)
+        for mask, group in ((rebased_lat, G_LATENCY), (rebased_tr, G_TRAFFIC)):
+            self.streak[rows[mask], group] = 0
+        out["latency"].rebaselined = rebased_lat
+        out["traffic_drop"].rebaselined = rebased_tr & out["traffic_drop"].anomalous
+        out["traffic_surge"].rebaselined = rebased_tr & out["traffic_surge"].anomalous
+
+        # -- learning: only windows that look normal for the kinds they feed ----
         learn = np.ones_like(x, dtype=np.bool_)
-        bad_latency = out["latency"].anomalous | self.firing("latency", rows)
-        learn[:, LP50] &= ~bad_latency & enough
-        learn[:, LP95] &= ~bad_latency & enough
-        learn[:, LP99] &= ~bad_latency & enough
-        learn[:, EXC] &= ~bad_latency & enough
+        calm = p.learn_threshold
+        bad_latency = out["latency"].anomalous | self.firing("latency", rows) | (lat_score >= calm)
+        bad_latency &= ~rebased_lat
+        for col in (LP50, LP95, LP99, EXC):
+            learn[:, col] &= ~bad_latency & enough
+        # counts of rare events are skewed: leaving out their suspicious windows
+        # would bias the usual rate low, so only anomalous ones are left out
         learn[:, ERR] &= ~(out["error_rate"].anomalous | self.firing("error_rate", rows)) & enough
         learn[:, TLS] &= ~(out["tls_failure"].anomalous | self.firing("tls_failure", rows))
         learn[:, PLAIN] &= ~(
             out["mtls_regression"].anomalous | self.firing("mtls_regression", rows)
         ) & (total > 0)
-        learn[:, LREQ] &= ~(out["traffic_drop"].anomalous | self.firing("traffic_drop", rows))
-        b.update(rows, x, learn)
+        bad_traffic = (
+            out["traffic_drop"].anomalous
+            | out["traffic_surge"].anomalous
+            | self.firing("traffic_drop", rows)
+            | self.firing("traffic_surge", rows)
+        ) & ~rebased_tr
+        learn[:, LREQ] &= ~bad_traffic
+        b.update(rows, x_season, learn)
+        if seasonal:
+            self._learn_season(rows, sbin, x[:, LREQ] - b.level[rows, LREQ], learn[:, LREQ], o)
 
         # Evidence ring: newest value at the end.
         self.evidence[rows] = np.roll(self.evidence[rows], -1, axis=2)
@@ -411,6 +638,76 @@ class RouteDetector:
         self.windows[rows] += 1
         self.last_window[rows] = o.window_end
         return out
+
+    # -- re-baselining --------------------------------------------------------
+
+    def _run_mean(self, rows: IntArray, col: int) -> FloatArray:
+        group = G_TRAFFIC if col == LREQ else G_LATENCY
+        n = np.maximum(self.streak[rows, group], 1)
+        return np.asarray(self.run_sum[rows, col] / n, dtype=np.float64)
+
+    def _track_run(
+        self,
+        rows: IntArray,
+        group: int,
+        cols: list[int],
+        anomalous: BoolArray,
+        judged: BoolArray,
+        x: FloatArray,
+        spread: FloatArray,
+        key_col: int,
+    ) -> BoolArray:
+        """Advance the anomalous-run statistics; True where a re-baseline is due."""
+        p = self.params
+        n_prev = self.streak[rows, group]
+        normal = judged & ~anomalous
+        extend = anomalous & np.isfinite(x[:, key_col])
+        n = np.where(extend, n_prev + 1, np.where(normal, 0, n_prev))
+        self.streak[rows, group] = n
+        beta = min(1.0, 4.0 / max(p.rebaseline_windows, 1))
+        for c in cols:
+            xc = np.nan_to_num(x[:, c])
+            restart = extend & (n_prev == 0)
+            s = np.where(restart, 0.0, self.run_sum[rows, c])
+            q = np.where(restart, 0.0, self.run_sq[rows, c])
+            r = np.where(restart, xc, self.run_recent[rows, c])
+            self.run_sum[rows, c] = np.where(extend, s + xc, np.where(normal, 0.0, s))
+            self.run_sq[rows, c] = np.where(extend, q + xc * xc, np.where(normal, 0.0, q))
+            self.run_recent[rows, c] = np.where(extend, r + beta * (xc - r), r)
+        due = n >= p.rebaseline_windows
+        if not due.any():
+            return due
+        k = np.maximum(n, 1)
+        mean = self.run_sum[rows, key_col] / k
+        var = np.maximum(self.run_sq[rows, key_col] / k - mean * mean, 0.0)
+        sd = spread[:, key_col]
+        stable = np.sqrt(var) <= p.rebaseline_spread_factor * sd
+        stable &= np.abs(self.run_recent[rows, key_col] - mean) <= p.rebaseline_drift * sd
+        return np.asarray(due & stable & extend, dtype=np.bool_)
+
+    # -- seasonality ----------------------------------------------------------
+
+    def _learn_season(
+        self,
+        rows: IntArray,
+        sbin: IntArray,
+        resid: FloatArray,
+        learn: BoolArray,
+        o: Observations,
+    ) -> None:
+        """Move this hour's offset towards the residual, slowly (half-life in days)."""
+        p = self.params
+        ws = o.window_seconds if o.window_seconds is not None else np.full(len(o), 10.0)
+        per_bin = np.maximum(
+            p.season_period_seconds / p.season_bins / np.nan_to_num(ws, nan=10.0), 1
+        )
+        beta = 1.0 - 0.5 ** (1.0 / (p.season_half_life_periods * per_bin))
+        ok = learn & np.isfinite(resid)
+        cur = self.season[rows, sbin]
+        step = np.clip(np.nan_to_num(resid) - cur, -1.0, 1.0)
+        self.season[rows, sbin] = np.where(ok, cur + beta * step, cur)
+        # keep the profile centred so the level carries the mean
+        self.season[rows] -= self.season[rows].mean(axis=1, keepdims=True)
 
     def _verdict(
         self,
@@ -438,3 +735,18 @@ class RouteDetector:
             expected_low=np.asarray(lo, dtype=np.float64),
             expected_high=np.asarray(hi, dtype=np.float64),
         )
+
+
+__all__ = [
+    "DEFAULT_BOUNDS_MS",
+    "KINDS",
+    "MODEL_NAME",
+    "MODEL_VERSION",
+    "UNITS",
+    "DetectorParams",
+    "KindVerdict",
+    "Observations",
+    "RouteDetector",
+    "Verdicts",
+    "count_above",
+]

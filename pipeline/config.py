@@ -11,12 +11,14 @@ come from files (``*_file`` fields) so Kubernetes Secrets can be mounted.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,6 +34,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 from pydantic_settings.exceptions import SettingsError
+
+from pipeline.alert.settings import (
+    GroupingConfig,
+    MaintenanceWindow,
+    OutboxConfig,
+    RateLimitConfig,
+    RouteConfig,
+)
 
 ENV_PREFIX = "MESHWATCH_"
 CONFIG_ENV = "MESHWATCH_CONFIG"
@@ -183,9 +193,78 @@ class StaticTarget(_Section):
     pod: str | None = None
 
 
+class StaticDiscovery(_Section):
+    """Scrape the proxies listed in ``collector.targets``."""
+
+    kind: Literal["static"] = "static"
+
+
+SD_FILE_SUFFIXES = (".json", ".yml", ".yaml")
+
+
+class FileSDDiscovery(_Section):
+    """Prometheus ``file_sd`` files, re-read whenever one changes."""
+
+    kind: Literal["file_sd"] = "file_sd"
+    files: list[str] = Field(
+        min_length=1,
+        description="Paths; the last path element may be a glob (targets/*.json).",
+    )
+
+    @field_validator("files")
+    @classmethod
+    def _suffixes(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if not f.endswith(SD_FILE_SUFFIXES)]
+        if bad:
+            raise ValueError(f"file_sd files must end in .json, .yml or .yaml: {bad}")
+        return v
+
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class KubernetesDiscovery(_Section):
+    """Meshed pods from the Kubernetes API: list, then watch."""
+
+    kind: Literal["kubernetes"] = "kubernetes"
+    namespaces: list[Annotated[str, Field(pattern=_DNS_LABEL)]] = Field(
+        default_factory=list, description="Empty: every namespace (cluster-wide pod access)."
+    )
+    label_selector: str | None = Field(None, description="Extra selector, e.g. app in (web,api)")
+    control_plane_namespace: str | None = Field(
+        "linkerd",
+        description="Keep pods whose linkerd.io/control-plane-ns is this (null: any meshed pod).",
+    )
+    kubeconfig: Path | None = Field(None, description="null: in-cluster service account.")
+    context: str | None = Field(None, description="Kubeconfig context; null: current-context.")
+    watch_timeout_seconds: int = Field(300, ge=10, le=3600)
+    request_timeout_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("namespaces")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("namespaces are listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _context_needs_kubeconfig(self) -> KubernetesDiscovery:
+        if self.context is not None and self.kubeconfig is None:
+            raise ValueError("context is a kubeconfig setting: set kubeconfig too")
+        if self.label_selector is not None and not self.label_selector.strip():
+            raise ValueError("label_selector is empty: leave it out instead")
+        return self
+
+
+Discovery = Annotated[
+    StaticDiscovery | FileSDDiscovery | KubernetesDiscovery, Field(discriminator="kind")
+]
+
+
 class CollectorConfig(_Section):
-    source: Literal["scrape", "simulated"] = "scrape"
+    source: Literal["scrape", "simulated", "prometheus"] = "scrape"
     targets: list[StaticTarget] = Field(default_factory=list)
+    discovery: Discovery = Field(default_factory=StaticDiscovery)
     exclude_ports: list[int] = Field(
         default_factory=lambda: [4191],
         description="Inbound target ports left out of golden metrics (admin port, probes).",
@@ -193,20 +272,162 @@ class CollectorConfig(_Section):
     concurrency: int = Field(64, ge=1)
     gzip: bool = True
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    parse_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Processes parsing bodies; 0: on the event loop; auto: cores - 1, at most 4.",
+    )
+    metrics_address: str | None = Field(
+        None,
+        description="host:port of the collector's /metrics, /healthz, /readyz; "
+        "null: observe.address (127.0.0.1:9464 unless changed).",
+    )
+
+    @field_validator("parse_workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        text = v.strip() if isinstance(v, str) else v
+        if isinstance(text, str) and text.lstrip("-").isdigit():
+            text = int(text)
+        if not isinstance(text, int) or isinstance(text, bool):
+            raise ValueError(f"{v!r} is neither 'auto' nor a number of processes")
+        if not 0 <= text <= 64:
+            raise ValueError(f"{v!r}: use 'auto' or 0 (parse on the event loop) to 64 processes")
+        return text
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"{v!r} is not host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _targets_are_static(self) -> CollectorConfig:
+        if self.targets and self.discovery.kind != "static":
+            raise ValueError(
+                f"targets are only read with discovery kind static, not {self.discovery.kind}"
+            )
+        return self
+
+
+_PROM_LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+_PROM_MATCHER = r'[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"'
+_PROM_SELECTOR = rf"^\s*(?:{_PROM_MATCHER}\s*(?:,\s*{_PROM_MATCHER}\s*)*,?)?\s*$"
+PromLabel = Annotated[str, Field(pattern=_PROM_LABEL)]
+
+
+def _linkerd_workload_labels() -> dict[str, str]:
+    # linkerd-viz copies the pod's linkerd.io/proxy-<kind> label; proxy-job becomes k8s_job.
+    kinds = ("deployment", "statefulset", "daemonset", "job", "replicaset", "replicationcontroller")
+    return {k: "k8s_job" if k == "job" else k for k in kinds}
+
+
+class PrometheusLabelsConfig(_Section):
+    """Label names the scrape job puts on every proxy series (linkerd-viz's by default)."""
+
+    namespace: PromLabel = "namespace"
+    pod: PromLabel = "pod"
+    workload: dict[str, PromLabel] = Field(
+        default_factory=_linkerd_workload_labels,
+        min_length=1,
+        description="Workload kind -> label, in priority order: a pod's workload is the "
+        "first one it carries (a pod with none is its own workload, kind pod).",
+    )
+
+
+class PrometheusSourceConfig(_Section):
+    """The Prometheus that scrapes the proxies (``collector.source: prometheus``)."""
+
+    url: HttpUrl = "http://prometheus.linkerd-viz.svc.cluster.local:9090"
+    selector: str = Field(
+        'job="linkerd-proxy"',
+        description="Matchers of the proxies' scrape job, added to every query.",
+    )
+    labels: PrometheusLabelsConfig = Field(default_factory=PrometheusLabelsConfig)
+    timeout_seconds: float = Field(5.0, gt=0, description="Per HTTP request.")
+    max_attempts: int = Field(3, ge=1, description="Per query, within the window's time.")
+    backoff_seconds: float = Field(0.25, gt=0, description="First retry delay, then doubled.")
+    query_delay_seconds: float = Field(
+        2.0, ge=0, description="Wait after a window ends for scrapes started before it to land."
+    )
+    stale_after_seconds: float = Field(
+        30.0, gt=0, description="A sample older than this at a window edge is no data."
+    )
+    concurrency: int = Field(4, ge=1, le=64, description="Queries in flight at once.")
+    method: Literal["GET", "POST"] = "GET"
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    tls_verify: bool = True
+    ca_file: Path | None = None
+
+    @field_validator("selector")
+    @classmethod
+    def _matchers(cls, v: str) -> str:
+        if not re.match(_PROM_SELECTOR, v):
+            raise ValueError(f'{v!r} is not a list of PromQL matchers like job="linkerd-proxy"')
+        return v.strip().rstrip(",").strip()
+
+    @model_validator(mode="after")
+    def _one_token(self) -> PrometheusSourceConfig:
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            raise ValueError("set at most one of bearer_token and bearer_token_file")
+        return self
 
 
 class DetectorConfig(_Section):
+    """Detection: warm-up and guards, per-kind score thresholds, adaptation, persistence.
+
+    Scores are calibrated in [0, 1] per kind (see ``models/detector.py``);
+    the thresholds below turn a score into an anomalous window, and the
+    persistence settings turn anomalous windows into a finding.
+    """
+
     warmup_windows: int = Field(30, ge=1)
     min_requests: int = Field(20, ge=0, description="Below this a window is not judged.")
     latency_threshold: float = Field(0.999, gt=0, lt=1)
     error_threshold: float = Field(0.999, gt=0, lt=1)
     tls_threshold: float = Field(0.999, gt=0, lt=1)
     mtls_threshold: float = Field(0.999, gt=0, lt=1)
-    latency_min_ratio: float = Field(
-        1.5, ge=1.0, description="Observed/expected p99 ratio below which nothing fires."
+    traffic_threshold: float = Field(0.9999, gt=0, lt=1)
+    learn_threshold: float = Field(
+        0.99, gt=0, lt=1, description="Windows scoring above this are not learned."
     )
-    error_min_ratio: float = Field(0.02, ge=0, description="Error ratio floor to fire on.")
+    latency_min_ratio: float = Field(
+        1.5, ge=1.0, description="Observed/expected p95-p99 ratio below which nothing fires."
+    )
+    error_min_ratio: float = Field(0.01, ge=0, description="Error ratio floor to fire on.")
+    error_min_factor: float = Field(
+        2.0, ge=1.0, description="Error ratio must also reach this multiple of the usual one."
+    )
+    traffic_min_expected: float = Field(
+        20.0, ge=0, description="Drops are judged only where this many requests are expected."
+    )
+    traffic_drop_ratio: float = Field(0.5, gt=0, lt=1)
+    traffic_surge_ratio: float = Field(3.0, gt=1)
+    cert_min_ttl_seconds: float = Field(4 * 3600.0, gt=0)
+    cert_min_ttl_fraction: float = Field(
+        0.25, gt=0, lt=1, description="... or this share of the certificate lifetime, if less."
+    )
     adapt_half_life_windows: float = Field(60.0, gt=1)
+    traffic_half_life_windows: float = Field(30.0, gt=1)
+    rebaseline_windows: int = Field(
+        60,
+        ge=2,
+        description="A latency/traffic shift that holds a stable level this many windows "
+        "becomes the new normal.",
+    )
+    rebaseline_max_ratio: float = Field(4.0, ge=1.0)
+    season_period_seconds: float = Field(
+        86400.0, ge=0, description="Daily profile of the request rate; 0 turns it off."
+    )
+    season_bins: int = Field(24, ge=1, le=288)
+    season_half_life_periods: float = Field(3.0, gt=0)
     fire_after: int = Field(2, ge=1, description="Fire after this many anomalous windows ...")
     fire_window: int = Field(3, ge=1, description="... out of the last this many.")
     resolve_after: int = Field(3, ge=1, description="Resolve after this many normal windows.")
@@ -258,7 +479,302 @@ class SlackSink(_Section):
         return self
 
 
-Sink = Annotated[ConsoleSink | WebhookSink | SlackSink, Field(discriminator="type")]
+class _SecretSink(_Section):
+    """A sink entry whose secrets come inline, from a mounted file or from the environment.
+
+    ``one_of`` lists groups of fields of which exactly one must be set; the
+    ``*_env`` fields name an environment variable (read when the sink is
+    built), so an example file can be committed without its secrets.
+    """
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = ()
+
+    @model_validator(mode="after")
+    def _exactly_one_secret(self) -> Self:
+        for group in self.one_of:
+            given = [n for n in group if getattr(self, n) is not None]
+            if len(given) != 1:
+                raise ValueError(f"set exactly one of {', '.join(group)}")
+        return self
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class SlackBotSink(_SecretSink):
+    """Slack Web API with a bot token (``chat:write``): one message per incident.
+
+    The first notice is a ``chat.postMessage``; updates and the resolve edit
+    that message (``chat.update``) and add a reply in its thread.
+    """
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (("token", "token_file", "token_env"),)
+    type: Literal["slack_bot"] = "slack_bot"
+    name: str = "slack-bot"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+    channel: str = Field(min_length=1, description="Channel ID (C…) or name; the ID is stored.")
+    api_url: HttpUrl = "https://slack.com/api"
+    thread_replies: bool = Field(True, description="Post updates and resolves in the thread too.")
+    broadcast_resolve: bool = Field(True, description="Also show the resolve reply in the channel.")
+    attach_chart: bool = Field(False, description="Upload a PNG chart (needs files:write).")
+
+
+class TeamsSink(_SecretSink):
+    """Microsoft Teams through a Workflows (Power Automate) webhook; the URL is the secret."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("webhook_url", "webhook_url_file", "webhook_url_env"),
+    )
+    type: Literal["teams"] = "teams"
+    name: str = "teams"
+    webhook_url: SecretStr | None = None
+    webhook_url_file: Path | None = None
+    webhook_url_env: str | None = None
+
+
+class MattermostSink(_SecretSink):
+    """Mattermost incoming webhook (Slack-compatible attachments)."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("webhook_url", "webhook_url_file", "webhook_url_env"),
+    )
+    type: Literal["mattermost"] = "mattermost"
+    name: str = "mattermost"
+    webhook_url: SecretStr | None = None
+    webhook_url_file: Path | None = None
+    webhook_url_env: str | None = None
+    channel: str | None = Field(None, description="Override the webhook's channel.")
+    username: str | None = "meshwatch"
+    icon_url: str | None = None
+
+
+class DiscordSink(_SecretSink):
+    """Discord webhook: posted with ``?wait=true``, edited in place on update and resolve."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("webhook_url", "webhook_url_file", "webhook_url_env"),
+    )
+    type: Literal["discord"] = "discord"
+    name: str = "discord"
+    webhook_url: SecretStr | None = None
+    webhook_url_file: Path | None = None
+    webhook_url_env: str | None = None
+    username: str | None = "meshwatch"
+    attach_chart: bool = False
+
+
+class GoogleChatSink(_SecretSink):
+    """Google Chat incoming webhook; one thread per incident (``threadKey``)."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("webhook_url", "webhook_url_file", "webhook_url_env"),
+    )
+    type: Literal["google_chat"] = "google_chat"
+    name: str = "google-chat"
+    webhook_url: SecretStr | None = None
+    webhook_url_file: Path | None = None
+    webhook_url_env: str | None = None
+
+
+class PagerDutySink(_SecretSink):
+    """PagerDuty Events API v2; ``dedup_key`` is the incident fingerprint."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("routing_key", "routing_key_file", "routing_key_env"),
+    )
+    type: Literal["pagerduty"] = "pagerduty"
+    name: str = "pagerduty"
+    routing_key: SecretStr | None = None
+    routing_key_file: Path | None = None
+    routing_key_env: str | None = None
+    url: HttpUrl = Field(
+        "https://events.pagerduty.com/v2/enqueue",
+        description="events.eu.pagerduty.com for the EU service region.",
+    )
+    client: str = "meshwatch"
+    client_url: str | None = None
+
+
+class _JiraSink(_SecretSink):
+    url: HttpUrl = Field(description="Site base URL, e.g. https://example.atlassian.net")
+    project: str = Field(min_length=1, description="Project key, e.g. OPS")
+    issue_type: str = "Task"
+    labels: list[str] = Field(default_factory=lambda: ["meshwatch"])
+    resolve_transition: str = Field(
+        "Done", min_length=1, description="Transition name (any case) or id applied on resolve."
+    )
+    extra_fields: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into the create call (required custom fields)."
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _no_spaces(cls, v: list[str]) -> list[str]:
+        bad = [label for label in v if not label or any(c.isspace() for c in label)]
+        if bad:
+            raise ValueError(f"Jira labels cannot be empty or contain spaces: {bad}")
+        return v
+
+
+class JiraCloudSink(_JiraSink):
+    """Jira Cloud, REST v3: Basic auth with the account e-mail and an API token."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("api_token", "api_token_file", "api_token_env"),
+    )
+    type: Literal["jira_cloud"] = "jira_cloud"
+    name: str = "jira"
+    email: str = Field(min_length=3)
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+    api_token_env: str | None = None
+
+
+class JiraDataCenterSink(_JiraSink):
+    """Jira Data Center / Server 8.14+, REST v2: a personal access token as Bearer."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (("token", "token_file", "token_env"),)
+    type: Literal["jira_dc"] = "jira_dc"
+    name: str = "jira"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+
+
+class GitHubSink(_SecretSink):
+    """GitHub Issues: one open issue per incident, found by a fingerprint label."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (("token", "token_file", "token_env"),)
+    type: Literal["github"] = "github"
+    name: str = "github"
+    repository: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+    api_url: HttpUrl = Field(
+        "https://api.github.com", description="GitHub Enterprise: https://HOST/api/v3"
+    )
+    labels: list[str] = Field(default_factory=lambda: ["meshwatch"])
+
+
+class ServiceNowSink(_SecretSink):
+    """ServiceNow incident through the Table API; ``correlation_id`` is the fingerprint.
+
+    State and close-code values differ between instances (reference §2.5), so
+    they are settings; the defaults are the out-of-the-box ones.
+    """
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("password", "password_file", "password_env", "token", "token_file", "token_env"),
+    )
+    type: Literal["servicenow"] = "servicenow"
+    name: str = "servicenow"
+    instance_url: HttpUrl = Field(description="e.g. https://example.service-now.com")
+    username: str | None = Field(None, description="Basic auth user (with a password).")
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    token: SecretStr | None = Field(None, description="OAuth access token (Bearer).")
+    token_file: Path | None = None
+    token_env: str | None = None
+    table: str = "incident"
+    correlation_display: str = "meshwatch"
+    resolved_state: str = "6"
+    close_code: str = "Solution provided"
+    urgency: dict[str, str] = Field(
+        default_factory=lambda: {"critical": "1", "warning": "2", "info": "3"}
+    )
+    impact: dict[str, str] = Field(
+        default_factory=lambda: {"critical": "1", "warning": "2", "info": "3"}
+    )
+    assignment_group: str | None = None
+    caller_id: str | None = None
+    category: str | None = None
+
+    @model_validator(mode="after")
+    def _user_with_password(self) -> ServiceNowSink:
+        uses_password = any(
+            v is not None for v in (self.password, self.password_file, self.password_env)
+        )
+        if uses_password and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class OpsgenieSink(_SecretSink):
+    """Opsgenie (end of life 2027-04-05) or Jira Service Management ops alerts by alias."""
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = (("api_key", "api_key_file", "api_key_env"),)
+    type: Literal["opsgenie"] = "opsgenie"
+    name: str = "opsgenie"
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    api_key_env: str | None = None
+    api_url: HttpUrl = Field(
+        "https://api.opsgenie.com",
+        description="EU: https://api.eu.opsgenie.com; JSM: https://api.atlassian.com/jsm/ops/integration",
+    )
+    tags: list[str] = Field(default_factory=lambda: ["meshwatch"])
+    priorities: dict[str, str] = Field(
+        default_factory=lambda: {"critical": "P1", "warning": "P3", "info": "P5"}
+    )
+
+
+class AlertmanagerSink(_SecretSink):
+    """Prometheus Alertmanager API v2 (``POST /api/v2/alerts``).
+
+    Firing alerts expire at ``endsAt`` unless posted again, so the alerter
+    must re-post open incidents every ``resend_interval_seconds``; ``endsAt``
+    is set four intervals ahead, as Prometheus does.
+    """
+
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    type: Literal["alertmanager"] = "alertmanager"
+    name: str = "alertmanager"
+    url: HttpUrl = Field(description="Alertmanager base URL, e.g. http://alertmanager:9093")
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    bearer_token_env: str | None = None
+    resend_interval_seconds: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _at_most_one_token(self) -> AlertmanagerSink:
+        given = [
+            v
+            for v in (self.bearer_token, self.bearer_token_file, self.bearer_token_env)
+            if v is not None
+        ]
+        if len(given) > 1:
+            raise ValueError("set at most one of bearer_token, bearer_token_file, bearer_token_env")
+        return self
+
+
+Sink = Annotated[
+    ConsoleSink
+    | WebhookSink
+    | SlackSink
+    | SlackBotSink
+    | TeamsSink
+    | MattermostSink
+    | DiscordSink
+    | GoogleChatSink
+    | PagerDutySink
+    | JiraCloudSink
+    | JiraDataCenterSink
+    | GitHubSink
+    | ServiceNowSink
+    | OpsgenieSink
+    | AlertmanagerSink,
+    Field(discriminator="type"),
+]
 
 
 class AlerterConfig(_Section):
@@ -268,6 +784,32 @@ class AlerterConfig(_Section):
         default_factory=dict,
         description="Link templates, e.g. grafana: https://grafana/d/x?var-route={route_key}",
     )
+    # Grouping, routing, silences and delivery policy (models in pipeline/alert/settings.py).
+    grouping: GroupingConfig = Field(default_factory=GroupingConfig)
+    routes: list[RouteConfig] = Field(
+        default_factory=list, description="Tried in order; first match wins unless continue."
+    )
+    default_sinks: list[str] | None = Field(
+        None, description="Sinks for incidents no route matches; null: every sink."
+    )
+    flap_damping_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Hold a resolve this long; a re-fire meanwhile continues the incident. "
+        "null: three windows.",
+    )
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
+    rate_limits: dict[str, RateLimitConfig] = Field(
+        default_factory=dict, description="Per sink name; unset: the sink type's default."
+    )
+    delivery_budget_seconds: float = Field(
+        2.0, gt=0, description="Longest a batch or timer spends delivering; the rest waits."
+    )
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    resolved_retention_seconds: float = Field(
+        3600.0, ge=0, description="Keep resolved incidents this long (replayed findings)."
+    )
+    silence_refresh_seconds: float = Field(2.0, gt=0)
 
     @field_validator("sinks")
     @classmethod
@@ -277,6 +819,30 @@ class AlerterConfig(_Section):
         if dupes:
             raise ValueError(f"sink names must be unique; repeated: {dupes}")
         return v
+
+    @model_validator(mode="after")
+    def _known_sinks(self) -> AlerterConfig:
+        names = {s.name for s in self.sinks}
+        named = [
+            *(f"routes.{i}.sinks" for i, r in enumerate(self.routes) if set(r.sinks) - names),
+            *(["default_sinks"] if set(self.default_sinks or ()) - names else []),
+            *(["rate_limits"] if set(self.rate_limits) - names else []),
+        ]
+        if named:
+            raise ValueError(f"{', '.join(named)} name sinks not in alerter.sinks {sorted(names)}")
+        return self
+
+
+class ObserveConfig(_Section):
+    """Where each stage serves /metrics, /healthz and /readyz, and how it logs."""
+
+    address: str = Field(
+        "127.0.0.1:9464",
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$",
+        description="host:port; use 0.0.0.0:9464 in a cluster so probes reach it.",
+    )
+    enabled: bool = True
+    log_format: Literal["text", "json"] = "text"
 
 
 class MeshwatchConfig(BaseSettings):
@@ -294,8 +860,10 @@ class MeshwatchConfig(BaseSettings):
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)
     collector: CollectorConfig = Field(default_factory=CollectorConfig)
+    prometheus: PrometheusSourceConfig = Field(default_factory=PrometheusSourceConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     alerter: AlerterConfig = Field(default_factory=AlerterConfig)
+    observe: ObserveConfig = Field(default_factory=ObserveConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -391,12 +959,21 @@ def load_config(
         raise ConfigError("environment", [f"{exc} (MESHWATCH_* variables)"]) from exc
 
 
-def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
-    """A secret's value from the inline field or the mounted file, never logged."""
+def read_secret(value: SecretStr | None, file: Path | None, env: str | None = None) -> str | None:
+    """A secret's value from the inline field, the mounted file or the environment.
+
+    A named environment variable that is unset or empty is an error here, at
+    start-up, rather than a sink that fails every delivery later.
+    """
     if value is not None:
         return value.get_secret_value()
     if file is not None:
         return file.read_text().strip()
+    if env is not None:
+        found = os.environ.get(env, "").strip()
+        if not found:
+            raise ValueError(f"environment variable {env} is not set")
+        return found
     return None
 
 

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from itertools import pairwise
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
 
 from pipeline.keys import route_key as make_route_key
 from pipeline.keys import workload_key as make_workload_key
@@ -26,6 +35,7 @@ FindingKind = Literal[
     "tls_failure",
     "mtls_regression",
     "traffic_drop",
+    "traffic_surge",
     "cert_expiry",
     "target_down",
 ]
@@ -41,6 +51,23 @@ LINKERD_LATENCY_BOUNDS_MS: tuple[float, ...] = (
     1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
     1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000, math.inf,
 )  # fmt: skip
+
+
+def _bound_in(v: Any) -> Any:
+    return math.inf if v == "+Inf" else v
+
+
+def _bound_out(v: float) -> float | str:
+    return "+Inf" if v == math.inf else v
+
+
+#: A bucket upper bound in ms. JSON has no infinity, so the +Inf bound travels
+#: as the string ``"+Inf"`` (as Prometheus writes ``le``).
+BoundMs = Annotated[
+    float,
+    BeforeValidator(_bound_in),
+    PlainSerializer(_bound_out, return_type=float | str, when_used="json"),
+]
 
 
 class _Message(BaseModel):
@@ -75,7 +102,7 @@ class GoldenSample(_Message):
     status_classes: dict[str, NonNegInt] = Field(
         default_factory=dict, description="Counts by class: 2xx, 4xx, 5xx, grpc_<code>, error."
     )
-    latency_bounds_ms: tuple[float, ...] | None = Field(
+    latency_bounds_ms: tuple[BoundMs, ...] | None = Field(
         default=None, description="Bucket upper bounds; None means LINKERD_LATENCY_BOUNDS_MS."
     )
     latency_buckets: tuple[NonNegInt, ...] = Field(
@@ -89,8 +116,15 @@ class GoldenSample(_Message):
 
     mtls_requests: NonNegInt = 0
     plaintext_requests: NonNegInt = 0
-    tls_failures: NonNegInt = Field(0, description="TLS detection timeouts and i/o errors.")
+    tls_failures: NonNegInt = Field(
+        0,
+        description="Inbound: TLS detection timeouts and i/o errors. "
+        "Outbound '*': connections refused for want of the peer's identity.",
+    )
     cert_ttl_seconds: FiniteFloat | None = None
+    cert_refresh_errors: NonNegInt = Field(
+        0, description="Failed identity certificate refreshes (2.15+ proxies report them)."
+    )
 
     tcp_open: NonNegInt = 0
     tcp_close: NonNegInt = 0
@@ -100,6 +134,11 @@ class GoldenSample(_Message):
 
     @model_validator(mode="after")
     def _consistent(self) -> GoldenSample:
+        b = self.latency_bounds_ms
+        if b is not None and (
+            not b or b[-1] != math.inf or b[0] <= 0 or any(x >= y for x, y in pairwise(b))
+        ):
+            raise ValueError("latency_bounds_ms must increase from above 0 and end with +Inf")
         if self.latency_buckets and len(self.latency_buckets) != len(self.bounds_ms):
             raise ValueError(
                 f"latency_buckets has {len(self.latency_buckets)} counts "
@@ -214,10 +253,29 @@ class Incident(_Message):
         default=(), description="Recent finding ids, to drop replayed duplicates."
     )
     notified: dict[str, str] = Field(
-        default_factory=dict, description="Per sink: the last status delivered to it."
+        default_factory=dict,
+        description="Per sink: the last status told to it (delivered, or waiting in the outbox).",
     )
     sink_refs: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="Per sink: ids it gave us (message ts, ticket key)."
+    )
+    # Added with grouping, flap damping and reminders; all optional so older
+    # records still load.
+    resolved_at: FiniteFloat | None = Field(
+        default=None,
+        description="Alerter clock when the resolve arrived; its notice waits out flap damping.",
+    )
+    flaps: NonNegInt = Field(
+        default=0, description="Re-fires within flap damping, folded into this incident."
+    )
+    revision: NonNegInt = Field(
+        default=0, description="Bumped on changes sinks should hear of (severity escalation)."
+    )
+    notified_at: dict[str, FiniteFloat] = Field(
+        default_factory=dict, description="Per sink: alerter clock of the last notice (reminders)."
+    )
+    notified_revision: dict[str, NonNegInt] = Field(
+        default_factory=dict, description="Per sink: the revision it was last told about."
     )
 
 

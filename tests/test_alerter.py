@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 
 import pytest
 
 from pipeline.alert.incidents import IncidentBook, needs
 from pipeline.alert.stage import AlerterProcessor
-from pipeline.config import MeshwatchConfig, WebhookSink
+from pipeline.config import MeshwatchConfig
 from pipeline.receivers import WebhookReceiver
 from pipeline.receivers.threaded import ReceiverThread
 from pipeline.schema import DeadLetter, Finding, decode, encode
 from pipeline.stage.loop import StageRunner
 from tests.kafka_helpers import produce, read_records, wait_until
+from tests.test_alerter_support import RunningAlerter, configure, webhook
 from tests.test_sinks_factories import make_finding
 
 T0 = 1_700_000_000.0
@@ -78,31 +79,24 @@ def test_what_each_sink_still_needs() -> None:
 
 
 def alerter_cfg(cfg: MeshwatchConfig, url: str) -> MeshwatchConfig:
-    alerter = cfg.alerter.model_copy(
-        update={
-            "sinks": [WebhookSink(name="hook", url=url)],
-            "retry": cfg.alerter.retry.model_copy(
-                update={"max_attempts": 2, "initial_backoff_seconds": 0.01}
-            ),
-        }
+    """One webhook sink, and timers at zero: every change is told at once."""
+    return configure(
+        cfg,
+        [webhook("hook", url)],
+        grouping={"group_wait_seconds": 0, "group_interval_seconds": 0},
+        flap_damping_seconds=0,
     )
-    return cfg.model_copy(update={"alerter": alerter})
 
 
 def run_alerter(
-    cfg: MeshwatchConfig, group: str, until: object
+    cfg: MeshwatchConfig, group: str, until: Callable[[], bool]
 ) -> tuple[AlerterProcessor, StageRunner]:
-    processor = AlerterProcessor(cfg)
-    runner = StageRunner(cfg, processor, cfg.topics.findings, group)
-    t = threading.Thread(target=runner.run, daemon=True)
-    t.start()
+    running = RunningAlerter(cfg, group)
     try:
-        wait_until(until, what="alerter progress")  # type: ignore[arg-type]
+        wait_until(until, what="alerter progress")
     finally:
-        runner.stop()
-        t.join(15)
-        processor.close()
-    return processor, runner
+        running.stop()
+    return running.processor, running.runner
 
 
 @pytest.mark.integration
@@ -112,28 +106,31 @@ def test_one_alert_one_resolve_and_no_duplicates_after_a_replay(
     with ReceiverThread(WebhookReceiver()) as rx:
         cfg = alerter_cfg(kafka_cfg, rx.url)
         key = firing(T0).route_key.encode()
-        findings = [firing(T0 + 10), firing(T0 + 10), firing(T0 + 20), resolved(T0 + 30)]
-        produce(cfg, cfg.topics.findings, [(key, encode(f)) for f in findings])
-        _, runner = run_alerter(cfg, "alerter", lambda: len(rx.accepted()) >= 2)
+        running = RunningAlerter(cfg, "alerter")
+        try:
+            # a replayed finding (the same one twice) is one finding
+            produce(cfg, cfg.topics.findings, [(key, encode(f)) for f in (firing(T0 + 10),) * 2])
+            rx.wait_for_count(1, timeout=30)
+            produce(cfg, cfg.topics.findings, [(key, encode(firing(T0 + 20)))])
+            produce(cfg, cfg.topics.findings, [(key, encode(resolved(T0 + 30)))])
+            rx.wait_for_count(2, timeout=30)
+            wait_until(lambda: running.runner.stats.consumed >= 4, what="all consumed")
+        finally:
+            running.stop()
         got = [r.payload for r in rx.accepted()]
         assert [p["status"] for p in got] == ["firing", "resolved"]
         assert got[0]["alerts"][0]["fingerprint"] == got[1]["alerts"][0]["fingerprint"]
-        assert runner.stats.consumed == 4
+        assert running.processor.pending() == 0
 
         # A new alerter reading the findings again from the start (as after a
         # crash before its commit) restores the incidents and posts nothing.
-        replay_proc = AlerterProcessor(cfg)
-        replay = StageRunner(cfg, replay_proc, cfg.topics.findings, "alerter-replay")
-        t = threading.Thread(target=replay.run, daemon=True)
-        t.start()
+        replay = RunningAlerter(cfg, "alerter-replay")
         try:
-            wait_until(lambda: replay.stats.consumed >= 4, what="replay consumed")
+            wait_until(lambda: replay.runner.stats.consumed >= 4, what="replay consumed")
         finally:
             replay.stop()
-            t.join(15)
-            replay_proc.close()
         assert len(rx.requests()) == 2
-        assert len(replay_proc.book.incidents) == 1
+        assert len(replay.processor.book.incidents) == 1
 
 
 @pytest.mark.integration
@@ -144,10 +141,13 @@ def test_a_rejecting_sink_sends_the_finding_to_the_dlq(kafka_cfg: MeshwatchConfi
         cfg = alerter_cfg(kafka_cfg, rx.url)
         f = firing(T0 + 10)
         produce(cfg, cfg.topics.findings, [(f.route_key.encode(), encode(f))])
-        run_alerter(cfg, "alerter", lambda: len(rx.requests()) >= 1)
+        processor, _ = run_alerter(cfg, "alerter", lambda: len(rx.requests()) >= 1)
         dlq = read_records(cfg, cfg.topics.dlq, lambda r: len(r) >= 1)
         letter = decode(DeadLetter, dlq[0].value)
         assert letter.reason == "rejected by sink"
         assert "status=400" in letter.error and "sink=hook" in letter.error
         assert decode(Finding, letter.value.encode()).id == f.id
         assert len(rx.requests()) == 1  # a 400 is not retried
+        inc = next(iter(processor.book.incidents.values()))
+        assert inc.notified == {"hook": "failed:firing"}
+        assert processor.pending() == 0

@@ -53,7 +53,13 @@ CERT_GAUGES = (
     "identity_cert_expiration_timestamp_seconds",
     "control_identity_cert_expiration_timestamp_seconds",
 )
-TLS_ERRORS = ("tls detection timeout", "i/o")
+TLS_ERRORS = ("tls detection timeout", "i/o", "tls_detect_timeout", "io")  # 2.11+, v2.149-154
+#: Gateway-API route families (2.16+), in seconds: one route per parent Service and route.
+OUTBOUND_ROUTE_FAMILIES = (
+    "outbound_http_route_request_statuses_total",
+    "outbound_http_route_request_duration_seconds_bucket",
+    "outbound_http_route_request_duration_seconds_sum",
+)
 
 WEB = "shop/deploy/web"
 CATALOG = "shop/deploy/catalog"
@@ -168,6 +174,11 @@ def _admin(labels: Mapping[str, str]) -> bool:
 def _route_of(name: str, labels: Mapping[str, str]) -> tuple[str, str] | None:
     """Which golden route a series feeds, per the Linkerd metric semantics."""
     direction = labels.get("direction")
+    if name.startswith("outbound_http_route_"):
+        # {parent}.{namespace}:{port}, then the route; a synthesized one in brackets
+        assert labels["route_kind"] == "default", labels
+        parent = f"{labels['parent_name']}.{labels['parent_namespace']}:{labels['parent_port']}"
+        return ("outbound", f"{parent} [{labels['route_name']}]")
     if name.startswith("route_response_"):
         rt = labels["rt_route"]
         return ("inbound", rt) if direction == "inbound" else ("outbound", f"{labels['dst']} {rt}")
@@ -183,11 +194,12 @@ def _status_class(labels: Mapping[str, str]) -> str:
         return "error"
     if labels.get("grpc_status"):
         return f"grpc_{labels['grpc_status']}"
-    return f"{labels['status_code'][0]}xx"
+    code = labels.get("status_code") or labels["http_status"]  # legacy, Gateway-API families
+    return f"{code[0]}xx"
 
 
 def _fold(wt: WorkloadTruth, pod: str, name: str, labels: Mapping[str, str], d: float) -> None:
-    if name == "inbound_tcp_errors_total":
+    if name in ("inbound_tcp_errors_total", "inbound_tcp_accept_errors_total"):
         if labels["error"] in TLS_ERRORS and not _admin(labels):
             wt.tls_failures += int(d)
         return
@@ -211,6 +223,7 @@ def _fold(wt: WorkloadTruth, pod: str, name: str, labels: Mapping[str, str], d: 
         "route_response_total",
         "route_response_latency_ms_bucket",
         "route_response_latency_ms_sum",
+        *OUTBOUND_ROUTE_FAMILIES,
     ):
         return
     key = _route_of(name, labels)
@@ -220,7 +233,10 @@ def _fold(wt: WorkloadTruth, pod: str, name: str, labels: Mapping[str, str], d: 
     mine = rt.per_pod.setdefault(pod, [0.0, 0.0, 0.0])
     if name.endswith("_total"):
         n = int(d)
-        failed = labels["classification"] != "success"
+        if name in OUTBOUND_ROUTE_FAMILIES:  # viz stat-outbound: 5xx or an error fails
+            failed = labels["http_status"].startswith("5") or labels["error"] != ""
+        else:
+            failed = labels["classification"] != "success"
         rt.requests += n
         rt.failures += n if failed else 0
         rt.successes += 0 if failed else n
@@ -233,9 +249,10 @@ def _fold(wt: WorkloadTruth, pod: str, name: str, labels: Mapping[str, str], d: 
             else:
                 rt.plaintext += n
     elif name.endswith("_bucket"):
-        le = float(labels["le"])
+        le = float(labels["le"]) * (1000 if name in OUTBOUND_ROUTE_FAMILIES else 1)
         rt.cum[le] = rt.cum.get(le, 0.0) + d
     else:
+        d *= 1000 if name in OUTBOUND_ROUTE_FAMILIES else 1
         rt.latency_sum += d
         mine[2] += d
 
@@ -318,14 +335,13 @@ def histogram_quantile(q: float, cum: Mapping[float, float]) -> float | None:
     return lo + (bounds[i] - lo) * (rank - below) / (counts[i] - below)
 
 
-def bucket_of(ms: float) -> int:
-    return bisect.bisect_left(LINKERD_LATENCY_BOUNDS_MS, ms)
+def bucket_of(ms: float, bounds: tuple[float, ...] = LINKERD_LATENCY_BOUNDS_MS) -> int:
+    return bisect.bisect_left(bounds, ms)
 
 
 def per_bucket(cum: Mapping[float, float]) -> tuple[int, ...]:
-    """Cumulative ``le`` counts → per-bucket counts in the schema's bucket layout."""
-    assert sorted(cum) == sorted(LINKERD_LATENCY_BOUNDS_MS), sorted(cum)
-    ordered = [cum[b] for b in LINKERD_LATENCY_BOUNDS_MS]
+    """Cumulative ``le`` counts → per-bucket counts, in the order of their bounds."""
+    ordered = [cum[b] for b in sorted(cum)]
     return tuple(int(c - p) for c, p in zip(ordered, [0.0, *ordered[:-1]], strict=True))
 
 
@@ -402,13 +418,17 @@ def _assert_route(s: GoldenSample, rt: RouteTruth, where: str) -> None:
         assert s.latency_buckets == (), where
         assert (s.p50_ms, s.p95_ms, s.p99_ms, s.mean_ms) == (None, None, None, None), where
     else:
+        assert s.bounds_ms == tuple(sorted(rt.cum)), where
+        legacy = s.bounds_ms == LINKERD_LATENCY_BOUNDS_MS
+        assert (s.latency_bounds_ms is None) == legacy, where
         assert s.latency_buckets == per_bucket(rt.cum), where
         assert s.latency_sum_ms == pytest.approx(rt.latency_sum, abs=1e-3), where
         assert s.mean_ms == pytest.approx(rt.latency_sum / n, abs=1e-3), where
         for q, got_q in ((0.5, s.p50_ms), (0.95, s.p95_ms), (0.99, s.p99_ms)):
             want = histogram_quantile(q, rt.cum)
             assert want is not None and got_q is not None, where
-            assert abs(bucket_of(got_q) - bucket_of(want)) <= 1, f"{where} q{q}: {got_q} {want}"
+            got_b, want_b = bucket_of(got_q, s.bounds_ms), bucket_of(want, s.bounds_ms)
+            assert abs(got_b - want_b) <= 1, f"{where} q{q}: {got_q} {want}"
         assert s.p50_ms <= s.p95_ms <= s.p99_ms, where
     pods = {p.pod: (p.requests, p.failures, p.latency_sum_ms) for p in s.pods}
     want_pods = {

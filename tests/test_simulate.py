@@ -411,6 +411,9 @@ def test_latency_spike_hits_the_target_route_and_its_callers_only(tmp_path: Path
         "shop/deploy/catalog/inbound/GET /api/products",
         "shop/deploy/web/outbound/catalog.shop.svc.cluster.local:8080",
         "shop/deploy/cart/outbound/catalog.shop.svc.cluster.local:8080",
+        # 2.16+ callers also report the edge as the Service's default Gateway-API route
+        "shop/deploy/web/outbound/catalog.shop:8080 [http]",
+        "shop/deploy/cart/outbound/catalog.shop:8080 [http]",
     }
     assert mesh.ground_truth == records
 

@@ -6,6 +6,13 @@ as 5xx and network errors, wait what the server asks for in ``Retry-After``
 request the target refused outright. The result is always an outcome, never
 an exception, so one broken sink cannot stall the alerter's batch; what to do
 with a failure (dead-letter, retry on the next batch) is the alerter's call.
+
+Two optional limits let the alerter keep its batches short: a ``limiter``
+(the destination's token bucket; every attempt takes a token) and a
+``deadline`` on ``clock``. When the next wait — for a token, a
+``Retry-After`` or a backoff — would run past the deadline, ``deliver``
+returns at once with ``retry_in`` set instead of sleeping, and the alerter
+keeps the notification in its outbox for later.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 
@@ -53,6 +62,19 @@ class DeliveryOutcome:
     response_body: str | None = None
     permanent: bool = False
     waited_seconds: float = 0.0
+    #: Not delivered yet but worth another try after this many seconds (the
+    #: server's ``Retry-After``, the backoff, or the wait for a token).
+    retry_in: float | None = None
+
+
+class RateGate(Protocol):
+    """What ``deliver`` needs of a rate limiter (see ``pipeline.alert.ratelimit``)."""
+
+    def wait_time(self) -> float: ...
+
+    def take(self) -> None: ...
+
+    def pause(self, seconds: float) -> None: ...
 
 
 def backoff_delay(failures: int, retry: RetryConfig, rng: random.Random | None = None) -> float:
@@ -77,16 +99,50 @@ async def deliver(
     *,
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
+    limiter: RateGate | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    prior_attempts: int = 0,
 ) -> DeliveryOutcome:
-    """Send with retries; returns the outcome and never raises for delivery problems."""
+    """Send with retries; returns the outcome and never raises for delivery problems.
+
+    ``prior_attempts`` are attempts made by earlier calls for the same
+    notification (from the outbox); they only lengthen the backoff.
+    """
     nid = notification.notification_id
     waited = 0.0
     attempt = 0
+    last_status: int | None = None
+    last_error: str | None = None
     while True:
+        if limiter is not None:
+            wait = limiter.wait_time()
+            if wait > 0:
+                if deadline is not None and clock() + wait > deadline:
+                    return DeliveryOutcome(
+                        sink.name,
+                        nid,
+                        False,
+                        attempt,
+                        last_status=last_status,
+                        error=last_error or f"rate limited: next slot in {wait:.2f} s",
+                        waited_seconds=waited,
+                        retry_in=wait,
+                    )
+                await sleep(wait)
+                waited += wait
+            limiter.take()
         attempt += 1
         try:
             response = await sink.send(notification, client)
         except RetryableDeliveryError as exc:
+            last_status, last_error = exc.status, exc.detail
+            if exc.retry_after is not None:
+                delay = min(exc.retry_after, retry.max_backoff_seconds)
+                if limiter is not None:
+                    limiter.pause(delay)
+            else:
+                delay = backoff_delay(prior_attempts + attempt, retry, rng)
             if attempt >= retry.max_attempts:
                 error = f"gave up after {attempt} attempts: {exc.detail}"
                 log.warning("delivery %s to %s failed: %s", nid, sink.name, error)
@@ -98,11 +154,27 @@ async def deliver(
                     last_status=exc.status,
                     error=error,
                     waited_seconds=waited,
+                    retry_in=delay,
                 )
-            if exc.retry_after is not None:
-                delay = min(exc.retry_after, retry.max_backoff_seconds)
-            else:
-                delay = backoff_delay(attempt, retry, rng)
+            if deadline is not None and clock() + delay > deadline:
+                log.info(
+                    "delivery %s to %s: attempt %d failed (%s); next try in %.2f s, later",
+                    nid,
+                    sink.name,
+                    attempt,
+                    exc.detail,
+                    delay,
+                )
+                return DeliveryOutcome(
+                    sink.name,
+                    nid,
+                    False,
+                    attempt,
+                    last_status=exc.status,
+                    error=exc.detail,
+                    waited_seconds=waited,
+                    retry_in=delay,
+                )
             log.info(
                 "delivery %s to %s: attempt %d/%d failed (%s); retrying in %.2f s",
                 nid,

@@ -1,13 +1,22 @@
-"""Incidents: one per fingerprint (route + kind), firing → resolved.
+"""Incidents: one per fingerprint (route + kind), firing → updated → resolved.
 
 The book is pure state, no I/O: given a Finding it says which incident it
-belongs to and whether anybody must be told. Whether a sink *has* been told
-is recorded per sink on the incident (``notified``), so a replayed finding or
-a restarted alerter never tells a sink the same thing twice.
+belongs to and how it changed. Whether a sink *has* been told is recorded per
+sink on the incident (``notified``, with when and at which revision), so a
+replayed finding or a restarted alerter never tells a sink the same thing
+twice, and what a sink is still owed can always be worked out from the
+incident alone (:func:`due_action`).
+
+Flap damping: a resolve is held for ``flap_damping`` seconds before any sink
+hears of it. If the route fires again within that time the incident simply
+goes on (same start, same threads and tickets, ``flaps`` + 1) and nobody is
+told anything; the detector's own hysteresis handles single noisy windows,
+this handles a route that keeps crossing the line.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -17,18 +26,26 @@ from pipeline.schema import Finding, Incident
 Action = Literal["firing", "update", "resolved"]
 #: How many recent finding ids an incident remembers to drop replays.
 RECENT_IDS = 32
+FAILED = "failed:"
+#: Values of ``notified`` meaning "this sink believes the incident is firing".
+TOLD_FIRING = ("firing", "update", FAILED + "update")
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     incident: Incident
     finding: Finding
-    action: Action | None  # None: state changed, nobody to notify
+    action: Action | None  # None: state changed, nobody to notify (yet)
+    #: The previous occurrence of the fingerprint when this finding started a
+    #: new one; sinks told it fired may still be owed its resolve.
+    superseded: Incident | None = None
 
 
 class IncidentBook:
-    def __init__(self) -> None:
+    def __init__(self, flap_damping: float = 0.0) -> None:
         self.incidents: dict[str, Incident] = {}
+        self.flap_damping = flap_damping
 
     def restore(self, incidents: Iterable[Incident]) -> None:
         """Load incidents in log order; a later record of a fingerprint wins."""
@@ -42,16 +59,36 @@ class IncidentBook:
     def open(self) -> list[Incident]:
         return [i for i in self.incidents.values() if i.status == "firing"]
 
-    def apply(self, f: Finding) -> Change | None:
-        """Fold one finding in; None when it is a replay or changes nothing."""
+    def apply(self, f: Finding, now: float | None = None) -> Change | None:
+        """Fold one finding in; None when it is a replay or changes nothing.
+
+        ``now`` is the alerter's clock, used for flap damping only; the
+        incident's own times come from the findings.
+        """
+        clock = time.time() if now is None else now
         fp = f.fingerprint
         cur = self.incidents.get(fp)
         if cur is not None and f.id in cur.finding_ids:
             return None  # replayed after a crash: already handled
         ids = ((cur.finding_ids if cur else ()) + (f.id,))[-RECENT_IDS:]
         action: Action | None
+        superseded = None
         if f.status == "firing":
-            if cur is None or cur.status == "resolved":
+            if cur is not None and cur.status == "resolved" and self._damped(cur, clock):
+                new = cur.model_copy(
+                    update={
+                        "status": "firing",
+                        "resolved_at": None,
+                        "flaps": cur.flaps + 1,
+                        "last_seen": f.window_end,
+                        "count": cur.count + 1,
+                        "last_finding": f,
+                        "finding_ids": ids,
+                    }
+                )
+                action = None
+            elif cur is None or cur.status == "resolved":
+                superseded = cur
                 new = Incident(
                     fingerprint=fp,
                     route_key=f.route_key,
@@ -69,16 +106,17 @@ class IncidentBook:
                 )
                 action = "firing"
             else:
-                escalated = f.severity == "critical" and cur.severity != "critical"
-                new = cur.model_copy(
-                    update={
-                        "last_seen": f.window_end,
-                        "count": cur.count + 1,
-                        "last_finding": f,
-                        "finding_ids": ids,
-                        "severity": "critical" if escalated else cur.severity,
-                    }
-                )
+                escalated = SEVERITY_RANK[f.severity] > SEVERITY_RANK[cur.severity]
+                update: dict[str, object] = {
+                    "last_seen": f.window_end,
+                    "count": cur.count + 1,
+                    "last_finding": f,
+                    "finding_ids": ids,
+                }
+                if escalated:
+                    update["severity"] = f.severity
+                    update["revision"] = cur.revision + 1
+                new = cur.model_copy(update=update)
                 action = "update" if escalated else None
         else:
             if cur is None or cur.status == "resolved":
@@ -86,6 +124,7 @@ class IncidentBook:
             new = cur.model_copy(
                 update={
                     "status": "resolved",
+                    "resolved_at": clock,
                     "last_seen": f.window_end,
                     "last_finding": f,
                     "finding_ids": ids,
@@ -93,7 +132,57 @@ class IncidentBook:
             )
             action = "resolved"
         self.incidents[fp] = new
-        return Change(new, f, action)
+        return Change(new, f, action, superseded)
+
+    def _damped(self, cur: Incident, now: float) -> bool:
+        """A re-fire that continues ``cur``: within damping, resolve not yet told anywhere."""
+        if self.flap_damping <= 0 or cur.resolved_at is None:
+            return False
+        if any(v == "resolved" for v in cur.notified.values()):
+            return False
+        return now - cur.resolved_at < self.flap_damping
+
+    def record(
+        self,
+        fingerprint: str,
+        first_seen: float,
+        sink: str,
+        action: str,
+        now: float,
+        revision: int | None = None,
+    ) -> Incident | None:
+        """Note that ``sink`` has been (or, from the outbox, will be) told ``action``.
+
+        Ignored when that occurrence has been superseded; returns the
+        updated incident otherwise.
+        """
+        inc = self.incidents.get(fingerprint)
+        if inc is None or inc.first_seen != first_seen:
+            return None
+        new = inc.model_copy(
+            update={
+                "notified": {**inc.notified, sink: action},
+                "notified_at": {**inc.notified_at, sink: now},
+                "notified_revision": {
+                    **inc.notified_revision,
+                    sink: inc.revision if revision is None else revision,
+                },
+            }
+        )
+        self.incidents[fingerprint] = new
+        return new
+
+    def add_refs(
+        self, fingerprint: str, first_seen: float, sink: str, refs: dict[str, str]
+    ) -> Incident | None:
+        """Keep ids a sink handed back (message ts, ticket key) for later notices."""
+        inc = self.incidents.get(fingerprint)
+        if not refs or inc is None or inc.first_seen != first_seen:
+            return None
+        merged = {**inc.sink_refs.get(sink, {}), **refs}
+        new = inc.model_copy(update={"sink_refs": {**inc.sink_refs, sink: merged}})
+        self.incidents[fingerprint] = new
+        return new
 
     def mark_delivered(
         self,
@@ -114,7 +203,28 @@ class IncidentBook:
         return new
 
 
-FAILED = "failed:"
+def due_action(
+    inc: Incident, sink: str, now: float, flap_damping: float = 0.0
+) -> tuple[Action | None, float | None]:
+    """What ``sink`` is owed about ``inc`` now, and otherwise when it will be.
+
+    The second value is a time at which something becomes due without any
+    new finding (the end of flap damping); None when only a new finding, a
+    silence ending or a reminder can change the answer.
+    """
+    told = inc.notified.get(sink)
+    if inc.status == "firing":
+        if told is None or told == "resolved":
+            return "firing", None
+        if told in TOLD_FIRING and inc.revision > inc.notified_revision.get(sink, 0):
+            return "update", None
+        return None, None  # told, or refused for good (dead-lettered)
+    if told not in TOLD_FIRING:
+        return None, None  # never told it fired: a lone resolve would only confuse
+    due = (inc.resolved_at or 0.0) + flap_damping
+    if now >= due:
+        return "resolved", None
+    return None, due
 
 
 def needs(incident: Incident, sink: str) -> Action | None:

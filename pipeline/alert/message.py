@@ -8,8 +8,10 @@ sink only decides on layout, never on wording.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -62,12 +64,49 @@ def notification_id(
     return ":".join(parts)
 
 
+def group_notification_id(
+    group_key: str, action: Action, members: Sequence[Member], reason: str = ""
+) -> str:
+    """The idempotency key of a grouped notification: the group and exactly who is in it.
+
+    Built from stored inputs only (fingerprints, occurrence starts, finding
+    ids of updates), so the same decision made again after a crash carries
+    the same id, and a different set of members never shares one.
+    """
+    parts = [group_key, action, reason]
+    for m in members:
+        part = f"{m.incident.fingerprint}@{m.incident.first_seen:.3f}"
+        parts.append(f"{part}/{m.finding.id}" if m.action == "update" else part)
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+    return f"group:{digest}:{action}"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One incident inside a grouped notification, with what is said about it."""
+
+    incident: Incident
+    finding: Finding
+    action: Action
+
+
 @dataclass(frozen=True, slots=True)
 class Notification:
     """One thing to tell one sink: an incident at a point in its life.
 
     ``notification_id`` is derived when left empty, so callers cannot forget
     it and every sink sees the same key for the same event.
+
+    A *grouped* notification (Alertmanager's aggregation group: several
+    incidents of one workload told at once) keeps this shape: ``incident``,
+    ``finding`` and ``action`` describe its lead member, so a sink that
+    knows nothing of groups still sends a correct message about the lead,
+    and the shared text helpers below (``title``, ``headline``,
+    ``body_lines``, ``plain_text``) list every member. ``members`` holds all
+    of them, lead first, for sinks that render groups natively (one alert
+    each in an Alertmanager payload, one line each in a chat card). Every
+    member of one notification has the same ``action``. Sinks that keep a
+    thread or ticket per incident are never handed groups by the alerter.
     """
 
     incident: Incident
@@ -76,10 +115,19 @@ class Notification:
     test: bool = False
     links: dict[str, str] = field(default_factory=dict)
     notification_id: str = ""
+    #: Every incident told by this notification, lead first; empty means
+    #: just the lead (a single-incident notification).
+    members: tuple[Member, ...] = ()
+    #: Why it is sent when that is not a change: ``"repeat"`` for a reminder.
+    reason: str = ""
+    #: The group's defining labels (e.g. namespace and workload), if grouped.
+    group_labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.notification_id:
             nid = notification_id(self.incident, self.action, self.finding, test=self.test)
+            if self.reason:
+                nid = f"{nid}:{self.reason}"
             object.__setattr__(self, "notification_id", nid)
 
     @property
@@ -89,6 +137,14 @@ class Notification:
     @property
     def resolved(self) -> bool:
         return self.action == "resolved"
+
+    @property
+    def grouped(self) -> bool:
+        return len(self.members) > 1
+
+    def all_members(self) -> tuple[Member, ...]:
+        """The members, or the lead alone for a single-incident notification."""
+        return self.members or (Member(self.incident, self.finding, self.action),)
 
 
 # --------------------------------------------------------------------------
@@ -259,30 +315,76 @@ def subject(finding: Finding) -> str:
     return f"{finding.kind} — {route_label(finding)}"
 
 
+def group_label(n: Notification) -> str:
+    """What a group has in common, as people say it: ``shop/deploy/web`` or ``namespace shop``."""
+    labels = n.group_labels
+    ns, kind, name = (labels.get(k) for k in ("namespace", "workload_kind", "workload"))
+    if ns and kind and name:
+        rest = {
+            k: v for k, v in labels.items() if k not in ("namespace", "workload_kind", "workload")
+        }
+        head = f"{ns}/{kind}/{name}"
+        return " ".join([head, *(f"{k}={v}" for k, v in sorted(rest.items()))])
+    if labels:
+        return ", ".join(f"{k} {v}" for k, v in labels.items())
+    return n.finding.workload_key
+
+
+def group_subject(n: Notification) -> str:
+    """``3 alerts — shop/deploy/web (latency, error_rate)`` for a grouped notification."""
+    kinds = sorted({m.finding.kind for m in n.members})
+    return f"{len(n.members)} alerts — {group_label(n)} ({', '.join(kinds)})"
+
+
 def title(n: Notification) -> str:
     """``[FIRING] latency — shop/deploy/web inbound GET /api/users``; tests say so first."""
-    tag = f"[{STATUS_TAGS[n.action]}] {subject(n.finding)}"
+    what = group_subject(n) if n.grouped else subject(n.finding)
+    tag = f"[{STATUS_TAGS[n.action]}] {what}"
     return f"[TEST] {tag}" if n.test else tag
 
 
 def headline(n: Notification) -> str:
     """Subject and numbers on one line: what a phone notification can show."""
     text = f"{subject(n.finding)}: {summary_line(n.finding)}"
+    if n.grouped:
+        text = f"{group_subject(n)}: {text}"
+        others = len(n.members) - 1
+        text += f" (+{others} more)"
     return f"[TEST] {text}" if n.test else text
+
+
+def member_line(m: Member) -> str:
+    """One member of a group: ``[FIRING] latency — … GET /a: p99 1.8 s (expected ≤ 95 ms)``."""
+    return f"[{STATUS_TAGS[m.action]}] {subject(m.finding)}: {summary_line(m.finding)}"
 
 
 def suspect_line(finding: Finding) -> str | None:
     return f"suspect pod: {finding.suspect_pod}" if finding.suspect_pod else None
 
 
+#: Members listed by name in a group's text; the rest are counted.
+MAX_MEMBER_LINES = 20
+
+
 def body_lines(n: Notification) -> list[str]:
-    """The plain lines under the title; sinks add their own markup around them."""
+    """The plain lines under the title; sinks add their own markup around them.
+
+    A grouped notification lists its members after the lead's details, so a
+    sink that renders only these lines still names every incident.
+    """
     lines = [summary_line(n.finding), since_line(n)]
     if n.finding.explanation:
         lines.append(n.finding.explanation)
     suspect = suspect_line(n.finding)
     if suspect:
         lines.append(suspect)
+    if n.reason == "repeat":
+        lines.append("Reminder: still firing.")
+    if n.grouped:
+        lines.append(f"In this group ({len(n.members)}):")
+        lines.extend(f"- {member_line(m)}" for m in n.members[:MAX_MEMBER_LINES])
+        if len(n.members) > MAX_MEMBER_LINES:
+            lines.append(f"- … and {len(n.members) - MAX_MEMBER_LINES} more")
     if n.test:
         lines.append("This is a test notification from meshwatch; no action is needed.")
     return lines

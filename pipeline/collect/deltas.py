@@ -28,19 +28,20 @@ def _delta(cur: float, prev: float | None) -> float:
 
 def route_delta(cur: RouteCounters, prev: RouteCounters | None, reset: bool) -> RouteCounters:
     if prev is None or reset:
-        return RouteCounters(cur.peer, dict(cur.values), list(cur.buckets) if cur.buckets else None)
+        buckets = list(cur.buckets) if cur.buckets else None
+        return RouteCounters(cur.peer, dict(cur.values), buckets, bounds=cur.bounds)
     if (cur.series or cur.series_buckets) and (prev.series or prev.series_buckets):
         return _series_delta(cur, prev)
     # Counters without their series split (built by hand): the route as one series.
     values = {k: _delta(v, prev.values.get(k)) for k, v in cur.values.items()}
     buckets = None
     if cur.buckets is not None:
-        pb = prev.buckets
+        pb = prev.buckets if prev.bounds == cur.bounds else None  # other bounds: a new histogram
         if pb is None or any(c < p for c, p in zip(cur.buckets, pb, strict=True)):
             buckets = list(cur.buckets)  # the histogram was reset as a whole
         else:
             buckets = [c - p for c, p in zip(cur.buckets, pb, strict=True)]
-    return RouteCounters(cur.peer, values, buckets)
+    return RouteCounters(cur.peer, values, buckets, bounds=cur.bounds)
 
 
 def _series_delta(cur: RouteCounters, prev: RouteCounters) -> RouteCounters:
@@ -49,15 +50,16 @@ def _series_delta(cur: RouteCounters, prev: RouteCounters) -> RouteCounters:
     for key, v in cur.series.items():
         values[key[0]] = values.get(key[0], 0.0) + _delta(v, prev.series.get(key))
     buckets = None
+    same_bounds = prev.bounds == cur.bounds
     for sid, cb in cur.series_buckets.items():
-        pb = prev.series_buckets.get(sid)
+        pb = prev.series_buckets.get(sid) if same_bounds else None
         if pb is not None and any(c < p for c, p in zip(cb, pb, strict=True)):
             pb = None  # that histogram was reset as a whole
         if buckets is None:
             buckets = [0.0] * len(cb)
         for i, c in enumerate(cb):
             buckets[i] += c if pb is None else c - pb[i]
-    return RouteCounters(cur.peer, values, buckets)
+    return RouteCounters(cur.peer, values, buckets, bounds=cur.bounds)
 
 
 @dataclass(slots=True)

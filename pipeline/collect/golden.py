@@ -2,7 +2,8 @@
 
 Pods of a workload are summed route by route; the per-pod share is kept on
 each sample so a detector can name the one bad replica. Quantiles are
-computed for every route of the cycle in one vectorised call.
+computed for every route of the cycle in one vectorised call per bucket
+layout (the legacy 26 buckets, or a newer family's own bounds).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.histogram import cumulative_to_buckets, quantiles
-from pipeline.collect.extract import N_BUCKETS, PodCounters, RouteId
+from pipeline.collect.extract import PodCounters, RouteId
 from pipeline.collect.targets import Target
 from pipeline.keys import ALL_ROUTES
 from pipeline.schema import LINKERD_LATENCY_BOUNDS_MS, GoldenBatch, GoldenSample, PodSlice
@@ -27,6 +28,7 @@ class _RouteAcc:
     peer: str | None
     values: dict[str, float] = field(default_factory=dict)
     buckets: np.ndarray | None = None
+    bounds: tuple[float, ...] | None = None  # None: LINKERD_LATENCY_BOUNDS_MS
     pods: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
@@ -68,11 +70,18 @@ def build_batches(
             ra = acc.routes.get(rid)
             if ra is None:
                 ra = acc.routes[rid] = _RouteAcc(rc.peer)
+            # Pods of one route disagreeing on bucket bounds (a mesh mid-upgrade whose
+            # proxies changed them): the first layout wins, the rest lose their latency.
+            fits = rc.buckets is None or ra.buckets is None or ra.bounds == rc.bounds
             for k, v in rc.values.items():
-                ra.values[k] = ra.values.get(k, 0.0) + v
-            if rc.buckets is not None:
+                if fits or k != "latency_sum_ms":
+                    ra.values[k] = ra.values.get(k, 0.0) + v
+            if rc.buckets is not None and fits:
                 b = np.asarray(rc.buckets, dtype=np.float64)
-                ra.buckets = b if ra.buckets is None else ra.buckets + b
+                if ra.buckets is None:
+                    ra.buckets, ra.bounds = b, rc.bounds
+                else:
+                    ra.buckets = ra.buckets + b
             reqs = rc.values.get("successes", 0.0) + rc.values.get("failures", 0.0)
             if reqs:
                 ra.pods[target.pod] = (
@@ -84,17 +93,23 @@ def build_batches(
         acc = workloads.setdefault(target.workload_key, _WorkloadAcc(target))
         acc.pods_down.append(target.pod)
 
-    # One quantile computation for every route of every workload.
+    # One quantile computation per bucket layout for every route of every workload.
     order: list[tuple[str, RouteId]] = []
-    rows: list[np.ndarray] = []
-    zeros = np.zeros(N_BUCKETS)
+    per_bucket: list[np.ndarray] = []
+    layouts: dict[tuple[float, ...] | None, list[int]] = defaultdict(list)
+    empty = np.zeros(0, dtype=np.int64)
     for wk, acc in workloads.items():
         for rid, ra in acc.routes.items():
+            if ra.buckets is None:
+                per_bucket.append(empty)
+            else:
+                layouts[ra.bounds].append(len(order))
+                per_bucket.append(cumulative_to_buckets(ra.buckets))
             order.append((wk, rid))
-            rows.append(cumulative_to_buckets(ra.buckets) if ra.buckets is not None else zeros)
-    per_bucket = np.vstack(rows) if rows else np.zeros((0, N_BUCKETS))
-    qs = quantiles(per_bucket, LINKERD_LATENCY_BOUNDS_MS, QUANTILES) if rows else per_bucket
-    per_bucket_int = np.rint(per_bucket).astype(np.int64)
+    qs = np.full((len(order), len(QUANTILES)), np.nan)
+    for bounds, rows in layouts.items():
+        block = np.vstack([per_bucket[i] for i in rows])
+        qs[rows] = quantiles(block, bounds or LINKERD_LATENCY_BOUNDS_MS, QUANTILES)
 
     samples: dict[str, list[GoldenSample]] = defaultdict(list)
     for i, (wk, rid) in enumerate(order):
@@ -105,7 +120,7 @@ def build_batches(
                 acc,
                 rid,
                 ra,
-                per_bucket_int[i],
+                np.rint(per_bucket[i]).astype(np.int64),
                 qs[i],
                 window_end=window_end,
                 window_seconds=window_seconds,
@@ -147,6 +162,7 @@ def _sample(
     requests = successes + failures
     lat_sum = v.get("latency_sum_ms", 0.0)
     n_lat = int(buckets.sum())
+    bounds = ra.bounds if n_lat else None
     direction, route = rid
     cert_ttl = None
     if direction == "inbound" and route == ALL_ROUTES and acc.cert_expiry is not None:
@@ -166,6 +182,7 @@ def _sample(
         successes=successes,
         failures=failures,
         status_classes={k[4:]: round(x) for k, x in v.items() if k.startswith("cls:") and x},
+        latency_bounds_ms=bounds,
         latency_buckets=tuple(int(x) for x in buckets) if n_lat else (),
         latency_sum_ms=round(max(lat_sum, 0.0), 3),
         p50_ms=_num(q[0]),
@@ -176,6 +193,7 @@ def _sample(
         plaintext_requests=round(v.get("plaintext_requests", 0.0)),
         tls_failures=round(v.get("tls_failures", 0.0)),
         cert_ttl_seconds=cert_ttl,
+        cert_refresh_errors=round(v.get("cert_refresh_errors", 0.0)),
         tcp_open=round(v.get("tcp_open", 0.0)),
         tcp_close=round(v.get("tcp_close", 0.0)),
         tcp_errors=round(v.get("tcp_errors", 0.0)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from models.detector import (
     DetectorParams,
     Observations,
     RouteDetector,
+    Verdicts,
 )
 from pipeline.config import DetectorConfig
 from pipeline.keys import route_key as make_route_key
@@ -38,9 +40,23 @@ def params_from_config(cfg: DetectorConfig) -> DetectorParams:
         error_threshold=cfg.error_threshold,
         tls_threshold=cfg.tls_threshold,
         mtls_threshold=cfg.mtls_threshold,
+        traffic_threshold=cfg.traffic_threshold,
+        learn_threshold=cfg.learn_threshold,
         latency_min_ratio=cfg.latency_min_ratio,
         error_min_ratio=cfg.error_min_ratio,
+        error_min_factor=cfg.error_min_factor,
+        traffic_min_expected=cfg.traffic_min_expected,
+        traffic_drop_ratio=cfg.traffic_drop_ratio,
+        traffic_surge_ratio=cfg.traffic_surge_ratio,
+        cert_min_ttl_seconds=cfg.cert_min_ttl_seconds,
+        cert_min_ttl_fraction=cfg.cert_min_ttl_fraction,
         half_life_windows=cfg.adapt_half_life_windows,
+        traffic_half_life_windows=cfg.traffic_half_life_windows,
+        rebaseline_windows=cfg.rebaseline_windows,
+        rebaseline_max_ratio=cfg.rebaseline_max_ratio,
+        season_period_seconds=cfg.season_period_seconds,
+        season_bins=cfg.season_bins,
+        season_half_life_periods=cfg.season_half_life_periods,
         fire_after=cfg.fire_after,
         fire_window=cfg.fire_window,
         resolve_after=cfg.resolve_after,
@@ -60,6 +76,7 @@ _COLUMNS = (
     ("plaintext", "plaintext_requests"),
     ("mtls", "mtls_requests"),
     ("cert_ttl", "cert_ttl_seconds"),
+    ("window_seconds", "window_seconds"),
 )
 _GETTERS = tuple((name, operator.attrgetter(attr)) for name, attr in _COLUMNS)
 _route_parts = operator.attrgetter("namespace", "workload_kind", "workload", "direction", "route")
@@ -82,20 +99,36 @@ def observations(det: RouteDetector, samples: Sequence[GoldenSample]) -> Observa
     # quantile or TTL) into NaN for float64. One list per column, not one
     # tuple per sample: no extra container objects for the cyclic GC to
     # count and scan while a decoded batch is alive.
+    buckets, bounds = _buckets(samples)
     return Observations(
         rows=det.rows_for(route_keys(samples)),
         **{name: np.array(list(map(get, samples)), dtype=np.float64) for name, get in _GETTERS},
-        buckets=_buckets(samples),
+        buckets=buckets,
+        bounds=bounds,
     )
 
 
-def _buckets(samples: Sequence[GoldenSample]) -> np.ndarray:
-    """Per-bucket latency counts in the default layout (zeros when absent)."""
-    out = np.zeros((len(samples), len(DEFAULT_BOUNDS_MS)))
+def _buckets(samples: Sequence[GoldenSample]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-bucket latency counts (zeros when absent), and per-row bounds when any
+    sample names a layout other than the default (padded with empty +Inf buckets)."""
+    width = max(
+        [len(DEFAULT_BOUNDS_MS)]
+        + [len(s.latency_bounds_ms) for s in samples if s.latency_bounds_ms and s.latency_buckets]
+    )
+    out = np.zeros((len(samples), width))
+    custom = False
+    bounds = np.full((len(samples), width), np.inf)
+    bounds[:, : len(DEFAULT_BOUNDS_MS)] = DEFAULT_BOUNDS_MS
     for i, s in enumerate(samples):
-        if s.latency_buckets and s.latency_bounds_ms is None:
-            out[i] = s.latency_buckets
-    return out
+        if not s.latency_buckets:
+            continue
+        n = len(s.latency_buckets)
+        out[i, :n] = s.latency_buckets
+        if s.latency_bounds_ms is not None:
+            custom = True
+            bounds[i] = np.inf
+            bounds[i, :n] = s.latency_bounds_ms
+    return out, (bounds if custom else None)
 
 
 class DetectionEngine:
@@ -106,14 +139,24 @@ class DetectionEngine:
         self.detector = RouteDetector(params_from_config(cfg))
         self.samples_seen = 0
 
-    def process(self, batches: Sequence[GoldenBatch]) -> list[Finding]:
-        samples = [s for b in batches for s in b.samples]
+    def process(
+        self, batches: Sequence[GoldenBatch], points: list[dict[str, Any]] | None = None
+    ) -> list[Finding]:
+        """Judge a poll batch; with ``points``, also append one record per judged
+        route-window-kind (score, verdict, observed value, expected band, state)."""
+        return self.process_samples([s for b in batches for s in b.samples], points)
+
+    def process_samples(
+        self, samples: Sequence[GoldenSample], points: list[dict[str, Any]] | None = None
+    ) -> list[Finding]:
         if not samples:
             return []
         self.samples_seen += len(samples)
         det = self.detector
         obs = observations(det, samples)
         verdicts = det.process(obs)
+        if points is not None:
+            self._points(samples, obs, verdicts, points)
         findings: list[Finding] = []
         for kind in KINDS:
             v = verdicts.kinds.get(kind)
@@ -135,6 +178,38 @@ class DetectionEngine:
                     )
                 )
         return findings
+
+    def _points(
+        self,
+        samples: Sequence[GoldenSample],
+        obs: Observations,
+        verdicts: Verdicts,
+        points: list[dict[str, Any]],
+    ) -> None:
+        det = self.detector
+        for kind in KINDS:
+            v = verdicts.kinds.get(kind)
+            if v is None:
+                continue
+            firing = det.persistence[kind].firing
+            for pos in np.flatnonzero(v.judged | v.fired | v.resolved):
+                i = int(verdicts.index[pos])
+                s = samples[i]
+                points.append(
+                    {
+                        "route_key": s.route_key,
+                        "window_end": s.window_end,
+                        "kind": kind,
+                        "score": float(v.score[pos]),
+                        "anomalous": bool(v.anomalous[pos]),
+                        "observed": _finite(float(v.observed[pos])),
+                        "expected_low": _finite(float(v.expected_low[pos])),
+                        "expected_high": _finite(float(v.expected_high[pos])),
+                        "fired": bool(v.fired[pos]),
+                        "resolved": bool(v.resolved[pos]),
+                        "firing": bool(firing[int(obs.rows[i])]) and not bool(v.resolved[pos]),
+                    }
+                )
 
     def _finding(
         self,
@@ -194,6 +269,8 @@ def _round(x: float) -> float:
 def _severity(kind: str, observed: float, hi: float) -> str:
     if kind in ("tls_failure", "mtls_regression", "cert_expiry", "traffic_drop"):
         return "critical"
+    if kind == "traffic_surge":
+        return "warning"
     if math.isfinite(observed) and math.isfinite(hi) and hi > 0 and observed >= 3 * hi:
         return "critical"
     return "warning"
@@ -240,7 +317,11 @@ def explain(kind: str, status: str, observed: float, lo: float, hi: float, s: Go
             f"({s.plaintext_requests} plaintext); this route is normally meshed"
         )
     if kind == "traffic_drop":
+        if observed == 0:
+            return f"no traffic: not one request in the window, usually {lo:.0f}–{hi:.0f}"
         return f"{observed:.0f} requests in the window, usually {lo:.0f}–{hi:.0f}"
+    if kind == "traffic_surge":
+        return f"traffic surge: {observed:.0f} requests in the window, usually {lo:.0f}–{hi:.0f}"
     if kind == "cert_expiry":
         return f"identity certificate expires in {observed / 3600:.1f} h (floor {lo / 3600:.1f} h)"
     return f"{kind} anomalous"

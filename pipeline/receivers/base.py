@@ -40,6 +40,9 @@ class Problem:
 
     code: str
     detail: str
+    #: The HTTP status the service answers this problem with, where it is not
+    #: the receiver's default (401 for bad credentials, 413 for size, ...).
+    status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,10 @@ class Received:
     problems: tuple[Problem, ...]
     status: int
     scripted: bool
+    #: Query parameters (last value wins) and, for API fakes, the operation
+    #: the request was routed to (``chat.postMessage``, ``create_issue``).
+    query: dict[str, str] = field(default_factory=dict)
+    route: str = ""
 
     @property
     def valid(self) -> bool:
@@ -162,6 +169,10 @@ class Receiver:
     def wrong_path(self, path: str) -> Reply:
         return Reply(404, "not found")
 
+    def error_reply(self, status: int, headers: dict[str, str]) -> Reply:
+        """A scripted failure as the service sends it (JSON services override this)."""
+        return Reply(status, self.error_body(status), headers=headers)
+
     def summarize(self, record: Received) -> str:
         """One line saying what arrived, for ``meshwatch demo``'s display."""
         verdict = "accepted" if record.accepted else (record.reason or f"answered {record.status}")
@@ -177,18 +188,18 @@ class Receiver:
     def rate_limit(self, times: int = 1, retry_after: float | str | None = 1) -> None:
         """``times`` answers of 429, with ``Retry-After`` (seconds or an HTTP-date)."""
         headers = {} if retry_after is None else {"Retry-After": _header_value(retry_after)}
-        self.script(*[Reply(429, self.error_body(429), headers=headers)] * times)
+        self.script(*[self.error_reply(429, headers)] * times)
 
     def fail(
         self, status: int = 500, times: int = 1, retry_after: float | str | None = None
     ) -> None:
         """``times`` answers of a server error with the service's error body."""
         headers = {} if retry_after is None else {"Retry-After": _header_value(retry_after)}
-        self.script(*[Reply(status, self.error_body(status), headers=headers)] * times)
+        self.script(*[self.error_reply(status, headers)] * times)
 
     def refuse(self, times: int = 1, status: int = 400) -> None:
         """``times`` answers of a client error (400 by default) with the service's body."""
-        self.script(*[Reply(status, self.error_body(status))] * times)
+        self.script(*[self.error_reply(status, {})] * times)
 
     def hang(self, times: int = 1) -> None:
         """Accept the next requests but never answer them (until the receiver stops)."""
@@ -336,7 +347,8 @@ class Receiver:
         problems: Sequence[Problem],
         reply: Reply,
         scripted: bool,
-    ) -> None:
+        route: str = "",
+    ) -> Received:
         assert self._cond is not None
         async with self._cond:
             with self._lock:
@@ -351,6 +363,8 @@ class Receiver:
                     problems=tuple(problems),
                     status=reply.status,
                     scripted=scripted,
+                    query=dict(request.query),
+                    route=route,
                 )
                 self._records.append(record)
             self._cond.notify_all()
@@ -361,6 +375,7 @@ class Receiver:
                 self.on_request(record)
             except Exception:  # the observer's bug must not change what the client sees
                 log.exception("%s receiver: on_request callback failed", self.service)
+        return record
 
 
 def _header_value(value: float | str) -> str:

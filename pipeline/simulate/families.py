@@ -82,6 +82,16 @@ class PodFamilies:
         self._add(
             "tcp_close", lh("tcp_close_total", "counter", "Total count of closed connections")
         )
+        if v.tcp_accept_error_counters:
+            self._add(
+                "in_tcp_accept_errors",
+                lh(
+                    "inbound_tcp_accept_errors_total",
+                    "counter",
+                    "The total number of inbound TCP connections that could not be accepted "
+                    "due to an error.",
+                ),
+            )
         if v.tcp_error_counters:
             self._add(
                 "in_tcp_errors",
@@ -151,6 +161,51 @@ class PodFamilies:
                     "outbound_http_route_request_statuses",
                     "counter",
                     "Completed request-response streams.",
+                ),
+            )
+            self._add(
+                "om_backend_duration",
+                oh(
+                    "outbound_http_route_backend_response_duration_seconds",
+                    "histogram",
+                    "The time between request completion and response completion.",
+                    "seconds",
+                ),
+            )
+            self._add(
+                "om_backend_statuses",
+                oh(
+                    "outbound_http_route_backend_response_statuses",
+                    "counter",
+                    "Completed responses.",
+                ),
+            )
+        if v.inbound_route_requests:
+            self._add(
+                "om_in_requests",
+                oh("inbound_http_requests", "counter", "Requests received by the inbound router."),
+            )
+        if v.inbound_route_outcomes:
+            self._add(
+                "om_in_statuses",
+                oh("inbound_http_statuses", "counter", "Completed inbound responses, by status."),
+            )
+            self._add(
+                "om_in_rsp_duration",
+                oh(
+                    "inbound_http_response_duration_seconds",
+                    "histogram",
+                    "Time from the end of the request to the end of the response.",
+                    "seconds",
+                ),
+            )
+            self._add(
+                "om_in_req_duration",
+                oh(
+                    "inbound_http_request_duration_seconds",
+                    "histogram",
+                    "Time from the start of the request to the end of the response.",
+                    "seconds",
                 ),
             )
         self._om_process()

@@ -26,15 +26,36 @@ import numpy.typing as npt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.keys import ALL_ROUTES, route_key
+from pipeline.keys import ALL_ROUTES, parent_authority, policy_route, route_key
 
+from .labels import OM_DEFAULT_ROUTE
 from .layout import CELL_IN, CELL_OUT, Layout
 from .topology import MeshSpec, WorkloadSpec
 from .traffic import Modifiers
+from .versions import ProxyVersion
 
 FaultKind = Literal[
-    "latency_spike", "error_burst", "tls_handshake_failure", "mtls_loss", "traffic_drop"
+    "latency_spike",
+    "error_burst",
+    "tls_handshake_failure",
+    "mtls_loss",
+    "traffic_drop",
+    "latency_creep",
+    "cert_expiry",
+    "bad_pod",
+    "error_trickle",
+    "network_slow",
+    "deploy_shift",
+    "blip",
 ]
+#: What a detector should do about a fault, for a quality harness:
+#: ``alert`` — detect it; ``no_alert`` — stay quiet (a blip, not worth waking
+#: anyone); ``settle`` — a lasting change that is the new normal (a deploy
+#: that shifts latency and stays): an alert during its first windows is
+#: tolerated, but alerting must stop after the detector's re-baseline delay.
+Expectation = Literal["alert", "no_alert", "settle"]
+DEFAULT_EXPECT: dict[str, Expectation] = {"deploy_shift": "settle", "blip": "no_alert"}
+_LATENCY_FACTOR_KINDS = ("latency_spike", "latency_creep", "network_slow", "deploy_shift", "blip")
 Mask = npt.NDArray[np.bool_]
 
 
@@ -66,15 +87,36 @@ class FaultSpec(_Spec):
     magnitude: float = Field(
         description="latency factor | error ratio | failure share | plaintext share | rate factor"
     )
+    error_ratio: float | None = Field(
+        None, ge=0, le=1, description="bad_pod: the share of the pod's requests that fail"
+    )
+    expect: Expectation | None = Field(
+        None, description="alert | no_alert | settle (default by kind: see DEFAULT_EXPECT)"
+    )
+
+    @property
+    def expectation(self) -> Expectation:
+        return self.expect or DEFAULT_EXPECT.get(self.kind, "alert")
 
     @model_validator(mode="after")
     def _magnitude_fits(self) -> Self:
         m, kind = self.magnitude, self.kind
-        if kind == "latency_spike" and not m > 0:
-            raise ValueError("latency_spike magnitude is a latency multiplier and must be > 0")
+        if kind in _LATENCY_FACTOR_KINDS and not m > 0:
+            raise ValueError(f"{kind} magnitude is a latency multiplier and must be > 0")
+        if kind == "bad_pod" and (self.target.pod is None or not m > 0):
+            raise ValueError("bad_pod needs target.pod and a latency multiplier > 0")
+        if kind == "network_slow" and (
+            self.target.direction != "outbound" or self.target.route is None
+        ):
+            raise ValueError("network_slow needs an outbound target with the called authority")
+        if kind == "cert_expiry" and self.target.direction != "inbound":
+            raise ValueError("cert_expiry is a property of the target's own proxies (inbound)")
         if kind == "traffic_drop" and not m >= 0:
             raise ValueError("traffic_drop magnitude is a rate factor and must be >= 0")
-        if kind in ("error_burst", "tls_handshake_failure", "mtls_loss") and not 0 < m <= 1:
+        if (
+            kind in ("error_burst", "error_trickle", "tls_handshake_failure", "mtls_loss")
+            and not 0 < m <= 1
+        ):
             raise ValueError(f"{kind} magnitude is a ratio and must be in (0, 1]")
         if kind in ("tls_handshake_failure", "mtls_loss") and self.target.direction != "inbound":
             raise ValueError(f"{kind} only exists on the inbound side of its target")
@@ -148,6 +190,19 @@ def load_scenario(source: str | Path) -> Scenario:
 
 def _outbound_authorities(mesh: MeshSpec, w: WorkloadSpec) -> list[str]:
     return [a for c, _, _, a in mesh.edges() if c is w]
+
+
+def edge_routes(
+    mesh: MeshSpec, caller: WorkloadSpec, target: WorkloadSpec, authority: str
+) -> list[str]:
+    """The outbound routes a caller's proxy reports one edge under: its authority and,
+    from 2.16 on, the synthesized default route of the target's Service
+    (``{service}.{namespace}:{port} [http]``, see :mod:`pipeline.collect.extract`)."""
+    routes = [authority]
+    if ProxyVersion.parse(mesh.version_of(caller)).outbound_route_families:
+        parent = parent_authority(target.name, target.namespace, str(target.port))
+        routes.append(policy_route(parent, "default", OM_DEFAULT_ROUTE))
+    return routes
 
 
 # -- effects ------------------------------------------------------------------------------
@@ -231,17 +286,19 @@ class Effect:
 
     def _caller_keys(self) -> list[str]:
         return [
-            route_key(c.key, "outbound", auth)
+            route_key(c.key, "outbound", r)
             for c, _, t, auth in self.mesh.edges()
             if t is self.target and c.meshed
+            for r in edge_routes(self.mesh, c, t, auth)
         ]
 
     def _outbound_keys(self) -> list[str]:
         route = self.fault.target.route
         return [
-            self.target.route_key("outbound", auth)
-            for c, _, _, auth in self.mesh.edges()
+            self.target.route_key("outbound", r)
+            for c, _, t, auth in self.mesh.edges()
             if c is self.target and (route is None or auth == route)
+            for r in edge_routes(self.mesh, c, t, auth)
         ]
 
     def route_keys(self) -> list[str]:
@@ -313,12 +370,82 @@ class TlsHandshakeFailure(Effect):
         mods.conn_fail[callers] = np.maximum(mods.conn_fail[callers], m)
 
 
+class LatencyCreep(Effect):
+    """Latency grows steadily from normal to ``magnitude`` times normal over the fault."""
+
+    continuous = True
+
+    def apply(self, mods: Modifiers, layout: Layout, progress: float) -> None:
+        factor = 1.0 + (self.fault.magnitude - 1.0) * progress
+        mods.lat_mult[self.selection(layout)] *= factor
+
+
+class CertExpiry(Effect):
+    """The target's proxies fail every identity refresh, so their certificates' TTL runs down.
+
+    Nothing changes until a proxy's refresh falls due (at 70 % of the lifetime);
+    from then on it retries every ``cert_retry_seconds`` and fails.
+    """
+
+    def apply(self, mods: Modifiers, layout: Layout, progress: float) -> None:
+        pod = self._pod_index(layout)
+        mine = np.array([p.wl == self.wl for p in layout.pods], dtype=bool)
+        if pod is not None:
+            mine &= np.arange(len(layout.pods)) == pod
+        mods.cert_refresh_fails |= mine
+
+    def route_keys(self) -> list[str]:
+        # the certificate TTL is reported on the workload's inbound '*' route
+        return self._inbound_keys(with_routes=False)
+
+
+class BadPod(Effect):
+    """One replica is slow (``magnitude`` × latency) and may fail ``error_ratio`` of requests.
+
+    Its share of the workload's traffic is 1/replicas, so the workload-level
+    signal is diluted: what a per-route detector has to find.
+    """
+
+    def apply(self, mods: Modifiers, layout: Layout, progress: float) -> None:
+        sel = self.served(layout)
+        mods.lat_mult[sel] *= self.fault.magnitude
+        if self.fault.error_ratio:
+            mods.err[sel] = np.maximum(mods.err[sel], self.fault.error_ratio)
+
+
+class ErrorTrickle(ErrorBurst):
+    """A small error ratio that lasts (same mechanism as a burst, a different test)."""
+
+
+class NetworkSlow(LatencySpike):
+    """A slow network path from a caller to one dependency.
+
+    Only the caller's outbound latency to that authority grows; the
+    dependency's own inbound latency (measured by its proxy) stays flat.
+    """
+
+
+class DeployShift(LatencySpike):
+    """A deploy that changes latency once and keeps it: not an incident once settled."""
+
+
+class Blip(LatencySpike):
+    """A one-window latency hiccup: not worth an alert."""
+
+
 EFFECTS: dict[str, type[Effect]] = {
     "latency_spike": LatencySpike,
     "error_burst": ErrorBurst,
     "traffic_drop": TrafficDrop,
     "mtls_loss": MtlsLoss,
     "tls_handshake_failure": TlsHandshakeFailure,
+    "latency_creep": LatencyCreep,
+    "cert_expiry": CertExpiry,
+    "bad_pod": BadPod,
+    "error_trickle": ErrorTrickle,
+    "network_slow": NetworkSlow,
+    "deploy_shift": DeployShift,
+    "blip": Blip,
 }
 
 
@@ -407,6 +534,7 @@ class FaultSchedule:
             "start": start,
             "end": end,
             "magnitude": s.spec.magnitude,
+            "expect": s.spec.expectation,
             "target": s.spec.target.model_dump(),
             "scenario": self.scenario.name,
         }

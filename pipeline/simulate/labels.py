@@ -17,6 +17,8 @@ LOOPBACK = 'tls="no_identity",no_tls_reason="loopback"'
 PLAINTEXT_IN = 'tls="no_identity",no_tls_reason="no_tls_from_remote"'
 PLAINTEXT_OUT = 'tls="no_identity",no_tls_reason="not_provided_by_service_discovery"'
 ADMIN_PORT = 4191
+#: The route the policy controller synthesizes for a Service without HTTPRoutes.
+OM_DEFAULT_ROUTE = "http"
 
 
 def identity(sa: str, namespace: str, trust_domain: str) -> str:
@@ -160,10 +162,31 @@ class ProxyLabels:
 
     # -- prometheus-client section (2.16+) ------------------------------------------------
 
-    def om_parent_route(self, dst: Destination, port: int) -> str:
-        host = ',hostname=""' if self.v.route_hostname_label else ""
+    @staticmethod
+    def _om_parent(dst: Destination, port: int) -> str:
         return (
             f'parent_group="core",parent_kind="Service",parent_namespace="{dst.namespace}",'
             f'parent_name="{dst.service}",parent_port="{port}",parent_section_name="",'
-            f'route_group="",route_kind="default",route_namespace="",route_name="http"{host}'
+            'route_group="",route_kind="default",route_namespace="",'
+            f'route_name="{OM_DEFAULT_ROUTE}"'
+        )
+
+    def om_parent_route(self, dst: Destination, port: int) -> str:
+        """Outbound route-level labels: the Service as parent, its synthesized default route."""
+        host = ',hostname=""' if self.v.route_hostname_label else ""
+        return self._om_parent(dst, port) + host
+
+    def om_backend(self, dst: Destination, port: int) -> str:
+        """Backend-level labels; without a traffic split the backend is the parent Service."""
+        return self._om_parent(dst, port) + (
+            f',backend_group="core",backend_kind="Service",backend_namespace="{dst.namespace}",'
+            f'backend_name="{dst.service}",backend_port="{port}",backend_section_name=""'
+        )
+
+    @staticmethod
+    def om_inbound_route(port: int) -> str:
+        """Inbound route labels (no namespaces) of the cluster-default policy's Server."""
+        return (
+            f'parent_group="",parent_kind="default",parent_name="all-unauthenticated",'
+            f'parent_port="{port}",route_group="",route_kind="default",route_name="default"'
         )

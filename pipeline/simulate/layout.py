@@ -48,7 +48,7 @@ PROBE_RPS = 0.2  # liveness + readiness every 10 s
 OUTBOUND_LATENCY_FACTOR = 1.08  # the caller sees the callee's latency plus two proxy hops
 INGRESS = ("ingress-nginx", "ingress-nginx")  # service account, namespace of the meshed ingress
 
-N_CNT, N_HIST, N_TCP = 5, 3, 2  # slots per row, -1 padded
+N_CNT, N_HIST, N_TCP = 6, 3, 2  # slots per row, -1 padded
 SCALARS = (
     "expiry",
     "refresh_ts",
@@ -380,6 +380,47 @@ class _Builder:
                 )
             return [req, rsp], [lat]
 
+        def inbound_route_slots(ep: Endpoint, status: int) -> tuple[list[int], list[int]]:
+            """2.19+: the inbound router's own families (Server and route labels, no TLS)."""
+            cnts: list[int] = []
+            hists: list[int] = []
+            labels = lb.om_inbound_route(ep.port)
+            if fams.has("om_in_requests"):
+                req, new = self._cnt((uid, "in_rreq", ep.port), pi)
+                if new:
+                    fams.add(
+                        "om_in_requests", rd.sample("inbound_http_requests_total", labels, req)
+                    )
+                cnts.append(req)
+            if fams.has("om_in_statuses"):
+                code = STATUS_CODES[status]
+                st, new = self._cnt((uid, "in_st", ep.port, status), pi)
+                if new:
+                    fams.add(
+                        "om_in_statuses",
+                        rd.sample("inbound_http_statuses_total", f'{labels},status="{code}"', st),
+                    )
+                cnts.append(st)
+                # One stored histogram feeds both duration families: the simulator's
+                # latency is one number per request.
+                du, new = self._hist((uid, "in_dur", ep.port), pi)
+                if new:
+                    fams.add(
+                        "om_in_rsp_duration",
+                        rd.om_route_histogram("inbound_http_response_duration_seconds", labels, du),
+                    )
+                    fams.add(
+                        "om_in_req_duration",
+                        rd.om_route_histogram(
+                            "inbound_http_request_duration_seconds",
+                            labels,
+                            du,
+                            rd.OM_FINE_BUCKETS,
+                        ),
+                    )
+                hists.append(du)
+            return cnts, hists
+
         def route_slots(
             key: tuple[Any, ...], labels: str, status: int
         ) -> tuple[list[int], list[int]]:
@@ -450,7 +491,8 @@ class _Builder:
                     for s in (S200, S500, S404) if r.client_error_ratio > 0 else (S200, S500):
                         c1, h1 = inbound_slots(app, tls, wl.authority, s)
                         c2, h2 = route_slots(("in", g), rlabels, s)
-                        self._add_row(cell, s, c1 + c2, h1 + h2, [acc, app_tcp])
+                        c3, h3 = inbound_route_slots(app, s)
+                        self._add_row(cell, s, c1 + c2 + c3, h1 + h2 + h3, [acc, app_tcp])
 
         # ---- kubelet probes on the admin port (plaintext by design: benign)
         probe_tcp = self._tcp(
@@ -497,9 +539,11 @@ class _Builder:
                 lb.tcp_accept("outbound", svc_ep, LOOPBACK),
                 fams,
             )
-            om_labels = ""
+            om_labels = om_backend = ""
             if fams.has("om_route_statuses"):
-                om_labels = lb.om_parent_route(self._destination(tw, authority, tpods[0]), tw.port)
+                parent = self._destination(tw, authority, tpods[0])
+                om_labels = lb.om_parent_route(parent, tw.port)
+                om_backend = lb.om_backend(parent, tw.port)
             tsum = sum(p.weight for p in tpods)
             tshare = sum(r.share for r in tspec.routes)
             for q in tpods:
@@ -563,6 +607,16 @@ class _Builder:
                                         st,
                                     ),
                                 )
+                                # No retries and no traffic split: each request is one
+                                # backend response, from the parent Service itself.
+                                fams.add(
+                                    "om_backend_statuses",
+                                    rd.sample(
+                                        "outbound_http_route_backend_response_statuses_total",
+                                        f'{om_backend},http_status="{code}",error=""',
+                                        st,
+                                    ),
+                                )
                             du, new = self._hist((uid, "om_dur", e), pi)
                             if new:
                                 fams.add(
@@ -571,6 +625,15 @@ class _Builder:
                                         "outbound_http_route_request_duration_seconds",
                                         om_labels,
                                         du,
+                                    ),
+                                )
+                                fams.add(
+                                    "om_backend_duration",
+                                    rd.om_route_histogram(
+                                        "outbound_http_route_backend_response_duration_seconds",
+                                        om_backend,
+                                        du,
+                                        rd.OM_FINE_BUCKETS,
                                     ),
                                 )
                             cnts.append(st)
@@ -607,6 +670,12 @@ class _Builder:
             return ix
 
         gauge_fmt = "%s" if v.openmetrics_section else "%d"
+        if v.tcp_accept_error_counters:
+            for name, err in (("err_tls", "tls_detect_timeout"), ("err_io", "io")):
+                fams.add(
+                    "in_tcp_accept_errors",
+                    rd.sample("inbound_tcp_accept_errors_total", f'error="{err}"', slot(name)),
+                )
         if v.tcp_error_counters:
             for name, err in (("err_tls", "tls detection timeout"), ("err_io", "i/o")):
                 lab = f'error="{err}",{lb.target(app)}'

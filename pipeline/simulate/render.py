@@ -17,28 +17,40 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-#: Upper bounds of the proxy's legacy millisecond histograms; ``+Inf`` is bucket 25.
+#: Upper bounds of the proxy's legacy millisecond histograms (``+Inf`` aside).
 MS_BUCKETS: tuple[int, ...] = (
     1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
     1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000,
 )  # fmt: skip
-N_BUCKETS = len(MS_BUCKETS) + 1
-INF = N_BUCKETS - 1
-#: prometheus-client route duration buckets as (le text, index into the ms buckets):
-#: 0.05 s, 0.5 s, 1 s and 10 s coincide with legacy bounds, so one histogram feeds both.
-OM_ROUTE_BUCKETS: tuple[tuple[str, int], ...] = (
-    ("0.05", 9),
-    ("0.5", 14),
-    ("1.0", 15),
-    ("10.0", 20),
-    ("+Inf", INF),
+#: Bounds (ms) of the prometheus-client histograms, in seconds as printed.
+OM_ROUTE_LE: tuple[str, ...] = ("0.05", "0.5", "1.0", "10.0")  # request / inbound response
+OM_FINE_LE: tuple[str, ...] = ("0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "10.0")  # backend
+#: What the simulator stores per histogram: every bound any family prints, so
+#: one stored histogram feeds the legacy ms families and the seconds families
+#: of the same requests exactly (25 ms and 250 ms exist only in the latter).
+SIM_BOUNDS_MS: tuple[float, ...] = tuple(
+    sorted({float(b) for b in MS_BUCKETS} | {float(le) * 1000 for le in OM_FINE_LE + OM_ROUTE_LE})
 )
+N_BUCKETS = len(SIM_BOUNDS_MS) + 1  # stored cumulative buckets, +Inf last
+INF = N_BUCKETS - 1
+_BUCKET_OF: dict[float, int] = {b: i for i, b in enumerate(SIM_BOUNDS_MS)}
+LEGACY_BUCKETS: tuple[int, ...] = tuple(_BUCKET_OF[float(b)] for b in MS_BUCKETS)
+
+
+def om_buckets(les: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """``le`` texts (seconds) with their stored bucket index, ``+Inf`` appended."""
+    return (*((le, _BUCKET_OF[float(le) * 1000]) for le in les), ("+Inf", INF))
+
+
+#: prometheus-client route duration buckets as (le text, stored bucket index).
+OM_ROUTE_BUCKETS = om_buckets(OM_ROUTE_LE)
+OM_FINE_BUCKETS = om_buckets(OM_FINE_LE)
 
 #: Reserved counter slots: a constant 1.0 (always-visible series, info gauges)
 #: and a scratch cell that absorbs writes for series a version does not have.
 ONE = 0
 SCRATCH = 1
-_HIST_STRIDE = N_BUCKETS + 1  # 26 cumulative buckets + the sum
+_HIST_STRIDE = N_BUCKETS + 1  # cumulative buckets + the sum
 
 
 def hist_ref(h: int, bucket: int) -> int:
@@ -116,11 +128,14 @@ def legacy_histogram(name: str, labels: str, h: int) -> Group:
     ]
     lines.append(_esc(f"{name}_count{_braced(labels)} ") + "%d\n")
     lines.append(_esc(f"{name}_sum{_braced(labels)} ") + "%d\n")
-    refs = [hist_ref(h, b) for b in range(N_BUCKETS)] + [hist_ref(h, INF), hist_ref(h, N_BUCKETS)]
+    refs = [hist_ref(h, b) for b in (*LEGACY_BUCKETS, INF)]
+    refs += [hist_ref(h, INF), hist_ref(h, N_BUCKETS)]
     return Group(act=hist_ref(h, INF), text="".join(lines), refs=refs)
 
 
-def om_route_histogram(name: str, labels: str, h: int) -> Group:
+def om_route_histogram(
+    name: str, labels: str, h: int, buckets: tuple[tuple[str, int], ...] = OM_ROUTE_BUCKETS
+) -> Group:
     """prometheus-client layout: ``_sum`` (float seconds), ``_count``, then ``le``-first buckets."""
     lines = [
         _esc(f"{name}_sum{_braced(labels)} ") + "%s\n",
@@ -128,7 +143,7 @@ def om_route_histogram(name: str, labels: str, h: int) -> Group:
     ]
     refs = [hist_ref(h, N_BUCKETS), hist_ref(h, INF)]
     scale = [0.001, 1.0]
-    for le, b in OM_ROUTE_BUCKETS:
+    for le, b in buckets:
         lines.append(_esc(f"{name}_bucket{_braced(_le(le), labels)} ") + "%d\n")
         refs.append(hist_ref(h, b))
         scale.append(1.0)

@@ -5,9 +5,10 @@ traffic x daily shape x slow noise, propagated through the call graph), and
 the status split is drawn per row as independent Poissons, which is the same
 distribution as a binomial split of a Poisson total but needs no per-cell
 loop. Latencies are never drawn per request: each row's count is spread over
-the 26 millisecond buckets with one multinomial draw from the lognormal's
-bucket probabilities, and ``_sum`` adds each bucket's conditional mean. A
-tick over 1,000 pods is therefore a fixed number of numpy calls.
+the simulator's millisecond buckets (every bound any family prints) with one
+multinomial draw from the lognormal's bucket probabilities, and ``_sum`` adds
+each bucket's conditional mean. A tick over 1,000 pods is therefore a fixed
+number of numpy calls.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .layout import (
 FloatArr = npt.NDArray[np.float64]
 IntArr = npt.NDArray[np.int64]
 
-_LOG_BOUNDS = np.log(np.array(rd.MS_BUCKETS, dtype=np.float64))
+_LOG_BOUNDS = np.log(np.array(rd.SIM_BOUNDS_MS, dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,8 @@ class _Profiles:
             [np.zeros((len(mu), 1)), np.asarray(ndtr(zs)), np.ones((len(mu), 1))], axis=1
         )
         partial = np.exp(mu + sg**2 / 2) * np.diff(part, axis=1)
-        lo = np.concatenate([[0.0], np.array(rd.MS_BUCKETS, dtype=np.float64)])
-        hi = np.concatenate([np.array(rd.MS_BUCKETS, dtype=np.float64), [1e6]])
+        lo = np.concatenate([[0.0], np.array(rd.SIM_BOUNDS_MS, dtype=np.float64)])
+        hi = np.concatenate([np.array(rd.SIM_BOUNDS_MS, dtype=np.float64), [1e6]])
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = np.where(probs > 1e-300, partial / probs, (lo + hi) / 2)
         self.probs = np.clip(probs, 0.0, 1.0)

@@ -29,42 +29,92 @@ PROXY_RELEASES: dict[int, str] = {
 MIN_MINOR = min(PROXY_RELEASES)
 MAX_MINOR = max(PROXY_RELEASES)
 
+#: Proxy releases between two stables whose metrics the simulator models, as
+#: (first, last) proxy minor -> the stable line whose other features they
+#: share. v2.149-v2.154 (mid-2021 edges, after stable-2.10) are the only
+#: proxies with ``inbound_tcp_accept_errors_total``; v2.155 replaced it with
+#: ``inbound_tcp_errors_total`` together with the target_ip/target_port labels.
+EDGE_WINDOWS: dict[tuple[int, int], int] = {(149, 154): 10}
+
 _VERSION_RE = re.compile(r"^(?:stable-|version-)?2\.(\d+)(?:\.\d+)?$")
+_PROXY_RE = re.compile(r"^v2\.(\d+)(?:\.\d+)?$")
 
 PolicyEra = Literal["none", "2.11", "2.12"]
 IdentityEra = Literal["legacy", "openmetrics", "control"]
 
 
-def parse_minor(version: str) -> int:
-    """Accept ``2.18``, ``2.14.1``, ``stable-2.14.0`` or ``version-2.18``."""
-    m = _VERSION_RE.match(version.strip())
-    if not m:
-        raise ValueError(f"proxy_version {version!r} is not of the form '2.<minor>'")
-    minor = int(m.group(1))
-    if not MIN_MINOR <= minor <= MAX_MINOR:
+def _proxy_minor(release: str) -> int:
+    return int(release.split(".")[1])
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """(Linkerd minor, proxy minor) of ``2.18``, ``stable-2.14.0``, ``version-2.18`` or a
+    proxy release the simulator models, such as ``v2.150.0``."""
+    text = version.strip()
+    m = _VERSION_RE.match(text)
+    if m:
+        minor = int(m.group(1))
+        if not MIN_MINOR <= minor <= MAX_MINOR:
+            raise ValueError(
+                f"proxy_version {version!r} is not simulated; "
+                f"supported: 2.{MIN_MINOR} to 2.{MAX_MINOR}"
+            )
+        return minor, _proxy_minor(PROXY_RELEASES[minor])
+    m = _PROXY_RE.match(text)
+    if m:
+        proxy = int(m.group(1))
+        for minor, release in PROXY_RELEASES.items():
+            if _proxy_minor(release) == proxy:
+                return minor, proxy
+        for (lo, hi), minor in EDGE_WINDOWS.items():
+            if lo <= proxy <= hi:
+                return minor, proxy
+        windows = ", ".join(f"v2.{lo}-v2.{hi}" for lo, hi in EDGE_WINDOWS)
         raise ValueError(
-            f"proxy_version {version!r} is not simulated; supported: 2.{MIN_MINOR} to 2.{MAX_MINOR}"
+            f"proxy_version {version!r} is not simulated; proxy releases must be a stable "
+            f"one or in {windows}"
         )
-    return minor
+    raise ValueError(
+        f"proxy_version {version!r} is not of the form '2.<minor>' or 'v2.<proxy minor>.<patch>'"
+    )
+
+
+def parse_minor(version: str) -> int:
+    """The Linkerd minor whose features ``version`` has (see :func:`parse_version`)."""
+    return parse_version(version)[0]
 
 
 @dataclass(frozen=True)
 class ProxyVersion:
-    """Feature flags of one Linkerd release's proxy metrics."""
+    """Feature flags of one Linkerd release's proxy metrics.
+
+    ``proxy`` is the linkerd2-proxy minor (``161`` for v2.161.0); it defaults
+    to the one the stable ``minor`` shipped and differs only for the modelled
+    edge proxies (:data:`EDGE_WINDOWS`).
+    """
 
     minor: int
+    proxy: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.proxy:
+            object.__setattr__(self, "proxy", _proxy_minor(PROXY_RELEASES[self.minor]))
 
     @classmethod
     def parse(cls, version: str) -> ProxyVersion:
-        return cls(parse_minor(version))
+        return cls(*parse_version(version))
+
+    @property
+    def is_stable(self) -> bool:
+        return self.proxy == _proxy_minor(PROXY_RELEASES[self.minor])
 
     @property
     def name(self) -> str:
-        return f"2.{self.minor}"
+        return f"2.{self.minor}" if self.is_stable else f"v2.{self.proxy}.0"
 
     @property
     def proxy_release(self) -> str:
-        return PROXY_RELEASES[self.minor]
+        return PROXY_RELEASES[self.minor] if self.is_stable else f"v2.{self.proxy}.0"
 
     @property
     def target_ip_port(self) -> bool:
@@ -99,6 +149,11 @@ class ProxyVersion:
         return self.minor >= 11
 
     @property
+    def tcp_accept_error_counters(self) -> bool:
+        """``inbound_tcp_accept_errors_total{error}``: proxy v2.149-v2.154 only."""
+        return 149 <= self.proxy <= 154
+
+    @property
     def authz_counters(self) -> bool:
         return self.minor >= 11
 
@@ -124,3 +179,13 @@ class ProxyVersion:
     def route_hostname_label(self) -> bool:
         """``hostname`` on route-level families since proxy v2.258 (2.17)."""
         return self.minor >= 17
+
+    @property
+    def inbound_route_requests(self) -> bool:
+        """``inbound_http_requests_total`` (Server/route labels) since proxy v2.319 (2.19)."""
+        return self.minor >= 19
+
+    @property
+    def inbound_route_outcomes(self) -> bool:
+        """``inbound_http_statuses_total`` and the inbound duration histograms, 2.20."""
+        return self.minor >= 20

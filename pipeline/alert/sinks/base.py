@@ -13,7 +13,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,6 +72,23 @@ class Sink(Protocol):
 
     async def send(self, n: Notification, client: httpx.AsyncClient) -> SinkResponse:
         """Deliver once; raise a :class:`DeliveryError` subclass on failure."""
+        ...
+
+
+@runtime_checkable
+class RefreshableSink(Sink, Protocol):
+    """A target whose firing alerts expire unless sent again (Alertmanager's API).
+
+    The alerter calls ``refresh`` with a firing notification per open
+    incident about every ``resend_interval_seconds``.
+    """
+
+    resend_interval_seconds: float
+
+    async def refresh(
+        self, notifications: Sequence[Notification], client: httpx.AsyncClient
+    ) -> SinkResponse:
+        """Post the still-open incidents again; raise a DeliveryError on failure."""
         ...
 
 

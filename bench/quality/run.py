@@ -1,0 +1,441 @@
+"""Detection quality: meshwatch against simple references, on labelled data.
+
+    python bench/quality/run.py                 # both datasets, writes results.md
+    python bench/quality/run.py --only sim      # the simulator scenarios only
+    python bench/quality/run.py --only cloud    # the real labelled series only
+    python bench/quality/run.py --fresh         # re-record the simulator runs
+
+**Simulator** (``scenarios.py``): labelled fault scenarios on a simulated
+Linkerd mesh with 10 s windows, recorded through the real collector as
+GoldenBatches (cached under ``bench/quality/.cache``), then judged by
+meshwatch's detectors (``pipeline.backtest``, default configuration) and by
+a static rule set of the kind Linkerd users write (``reference.py``).
+
+**Real series** (``../shared/datasets/cloud-monitoring``): every labelled
+series through ``meshwatch backtest``'s plain-CSV path with one
+configuration (the default, see ``CLOUD_DETECTOR``), the value's kind
+chosen per group by what the group's metadata says the value measures
+(``GROUP_KIND``), beside a rolling z-score reported at its best over a
+small grid.
+
+Event matching, time to detect and the false-alert rate are defined in
+``events.py``. Results: a table on stdout and ``bench/quality/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for p in (str(REPO), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from events import Alert, Event, Score, label_runs, score  # noqa: E402
+from mesh import T0, WINDOW, record  # noqa: E402
+from reference import rolling_z_alerts, static_rule_alerts  # noqa: E402
+from scenarios import CERT_LIFETIME, CERT_REFRESH_FRACTION, WARMUP_SECONDS, Run, runs  # noqa: E402
+
+from pipeline.backtest.inputs import (  # noqa: E402
+    PLAIN_DETECTOR_KINDS,
+    read_golden_jsonl,
+    read_plain_csv,
+)
+from pipeline.backtest.run import backtest, backtest_many, write_outputs  # noqa: E402
+from pipeline.config import DetectorConfig  # noqa: E402
+from pipeline.schema import Finding, GoldenSample  # noqa: E402
+
+CACHE_VERSION = "1"
+SIM_GRACE_WINDOWS = 6
+CLOUD_GRACE_POINTS = 3
+DATASET = REPO.parent / "shared" / "datasets" / "cloud-monitoring" / "data"
+#: What each group's values measure (from its metadata), as a plain-CSV kind.
+GROUP_KIND = {
+    "middle-tier-api-dependency-latency": "latency",
+    "application-crash-rate-1": "errors",
+    "application-crash-rate-2": "error_rate",
+    "consumer-purchase-rate": "traffic",
+    "data-ingress-rate": "traffic",
+    "ecommerce-api-incoming-rps": "traffic",
+    "mongodb-application-rps": "traffic",
+    "mongodb-machine-rps": "traffic",
+    "service-unavailable": "errors",
+}
+#: One configuration for every real series: the defaults.
+CLOUD_DETECTOR: dict[str, Any] = {}
+ZSCORE_WINDOWS = (24, 48)
+ZSCORE_THRESHOLDS = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
+# -- simulator -------------------------------------------------------------------------
+
+
+def _cache_path(run: Run, cache: Path) -> Path:
+    digest = hashlib.sha256(f"{CACHE_VERSION}|{run!r}".encode()).hexdigest()[:12]
+    return cache / f"{run.name}-{digest}.jsonl"
+
+
+def _record(args: tuple[Run, Path]) -> tuple[str, float]:
+    run, path = args
+    started = time.perf_counter()
+    record(
+        run.scenario(),
+        run.windows,
+        path,
+        seed=run.seed,
+        warmup_seconds=WARMUP_SECONDS,
+        day_seconds=run.day_seconds,
+        cert_lifetime_seconds=CERT_LIFETIME,
+    )
+    return run.name, time.perf_counter() - started
+
+
+def record_all(all_runs: Sequence[Run], cache: Path, fresh: bool, jobs: int) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = [(r, _cache_path(r, cache)) for r in all_runs]
+    todo = [(r, p) for r, p in todo if fresh or not p.exists()]
+    if not todo:
+        return
+    print(f"recording {len(todo)} simulator run(s) through the collector ...", flush=True)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for name, secs in pool.map(_record, todo):
+            print(f"  {name}: {secs:.1f} s", flush=True)
+
+
+def alerts_from(findings: Sequence[Finding]) -> list[Alert]:
+    """Findings → alerts (one per firing), with the window each resolved at."""
+    out: list[Alert] = []
+    open_: dict[tuple[str, str], float] = {}
+    for f in sorted(findings, key=lambda f: f.window_end):
+        k = (f.route_key, f.kind)
+        if f.status == "firing":
+            open_[k] = f.window_end
+        elif k in open_:
+            out.append(Alert(f.route_key, open_.pop(k), f.kind, closed_at=f.window_end))
+    out += [Alert(k[0], t, k[1]) for k, t in open_.items()]
+    return out
+
+
+def _expand(keys: Sequence[str], rec: dict[str, Any], seen: set[str]) -> frozenset[str]:
+    """Add the per-route outbound keys under a labelled outbound authority key.
+
+    A caller's proxy reports an edge as a whole (``.../outbound/<authority>``)
+    and per route (``.../outbound/<authority> <route>``); the labels name the
+    former. A fault on one route of the target reaches only that route's key.
+    """
+    target = rec.get("target") or {}
+    only = target.get("route") if target.get("direction", "inbound") == "inbound" else None
+    out = set(keys)
+    for k in keys:
+        if "/outbound/" not in k:
+            continue
+        for s in seen:
+            if (
+                s.startswith(k + " ")
+                and not s.endswith("]")
+                and (only is None or s == f"{k} {only}")
+            ):
+                out.add(s)
+    return frozenset(out)
+
+
+def sim_events(
+    run: Run, labels: list[dict[str, Any]], samples: Sequence[GoldenSample]
+) -> list[Event]:
+    events = []
+    seen = {s.route_key for s in samples}
+    for rec in labels:
+        first = math.floor(rec["start"] / WINDOW) * WINDOW + WINDOW
+        last = math.ceil(rec["end"] / WINDOW) * WINDOW
+        keys = _expand(rec["route_keys"], rec, seen)
+        if rec["kind"] == "cert_expiry":
+            first = _cert_onset(samples, keys, first, last)
+        events.append(
+            Event(
+                rec["fault_id"],
+                rec["kind"],
+                keys,
+                first,
+                last,
+                rec.get("expect", "alert"),
+                run.name,
+            )
+        )
+    return events
+
+
+def _cert_onset(
+    samples: Sequence[GoldenSample], keys: frozenset[str], first: float, last: float
+) -> float:
+    """When the failing renewals start to show: the TTL passes the renewal point.
+
+    A cert_expiry fault makes every renewal fail from its start, but nothing
+    is wrong until a renewal falls due (at 70 % of the lifetime); from then
+    on the certificate is older than a healthy one ever gets.
+    """
+    overdue = (1 - CERT_REFRESH_FRACTION) * CERT_LIFETIME - 2 * WINDOW
+    for s in samples:
+        if (
+            s.route_key in keys
+            and first <= s.window_end <= last
+            and s.cert_ttl_seconds is not None
+            and s.cert_ttl_seconds < overdue
+        ):
+            return s.window_end
+    return first
+
+
+def sim_exposure(samples: Sequence[GoldenSample], events: Sequence[Event], grace: float) -> float:
+    start = T0 + WARMUP_SECONDS
+    busy = [e for e in events if e.expect == "alert"]
+    n = 0
+    for s in samples:
+        if s.window_end <= start:
+            continue
+        if any(s.route_key in e.keys and e.first <= s.window_end <= e.last + grace for e in busy):
+            continue
+        n += 1
+    return n * WINDOW / 3600.0
+
+
+def evaluate_sim(all_runs: Sequence[Run], cache: Path, cfg: DetectorConfig) -> dict[str, Any]:
+    total = {"meshwatch": Score(), "static rules": Score()}
+    per_run: list[dict[str, Any]] = []
+    grace = SIM_GRACE_WINDOWS * WINDOW
+    settle = cfg.rebaseline_windows + cfg.resolve_after + 2
+    for run in all_runs:
+        path = _cache_path(run, cache)
+        samples = read_golden_jsonl(path)
+        labels = json.loads(path.with_suffix(".labels.json").read_text())
+        events = sim_events(run, labels, samples)
+        exposure = sim_exposure(samples, events, grace)
+        end = max(s.window_end for s in samples)
+        cause = {
+            s.route_key: ("daily peaks" if run.name == "daily" else "low-traffic route")
+            for s in samples
+            if s.workload == "rare" or run.name == "daily"
+        }
+        result = backtest(samples, cfg, keep_points=False)
+        row: dict[str, Any] = {
+            "run": run.name,
+            "events": len([e for e in events if e.expect == "alert"]),
+        }
+        for name, alerts in (
+            ("meshwatch", alerts_from(result.findings)),
+            ("static rules", static_rule_alerts(samples)),
+        ):
+            sc = score(
+                events,
+                alerts,
+                step=WINDOW,
+                grace=grace,
+                settle_windows=settle,
+                exposure_hours=exposure,
+                end_of_data=end,
+                cause_of=cause,
+            )
+            total[name].add(sc)
+            row[name] = sc
+        per_run.append(row)
+    return {"total": total, "runs": per_run}
+
+
+# -- real series ---------------------------------------------------------------------------
+
+
+def cloud_series() -> list[tuple[str, str, Path]]:
+    out = []
+    for path in sorted(DATASET.glob("*/*.csv")):
+        group = path.parent.name
+        out.append((group, GROUP_KIND.get(group, "traffic"), path))
+    return out
+
+
+def evaluate_cloud(cfg: DetectorConfig, out_dir: Path | None) -> dict[str, Any]:
+    series = cloud_series()
+    loaded = []
+    for group, kind, path in series:
+        samples, rows = read_plain_csv(path, kind, route=f"{group}-{path.stem}")
+        key = samples[0].route_key
+        times = [r[0] for r in rows]
+        labels = [r[2] or 0 for r in rows]
+        step = samples[0].window_seconds
+        events = [
+            Event(f"{path.stem}#{i}", group, frozenset([key]), a, b)
+            for i, (a, b) in enumerate(label_runs(times, labels))
+        ]
+        hours = len(rows) * step / 3600.0
+        loaded.append((group, kind, path, samples, rows, key, events, hours, step))
+    # meshwatch: all series through one engine, interleaved (each its own route)
+    by_kind: dict[str, list[int]] = {}
+    for i, item in enumerate(loaded):
+        by_kind.setdefault(item[1], []).append(i)
+    alerts: dict[str, list[Alert]] = {item[5]: [] for item in loaded}
+    started = time.perf_counter()
+    for kind, idx in by_kind.items():
+        res = backtest_many([loaded[i][3] for i in idx], cfg, kinds=PLAIN_DETECTOR_KINDS[kind])
+        for a in alerts_from(res.findings):
+            alerts[a.key].append(a)
+    mw_secs = time.perf_counter() - started
+    mw = Score()
+    by_group: dict[str, Score] = {}
+    for group, _kind, _path, _s, _rows, key, events, hours, step in loaded:
+        sc = score(events, alerts[key], step=step, grace=CLOUD_GRACE_POINTS * step,
+                   settle_windows=0, exposure_hours=hours)  # fmt: skip
+        mw.add(sc)
+        by_group.setdefault(group, Score()).add(sc)
+    # rolling z-score over its grid; the best F1 is reported
+    grid = []
+    for w in ZSCORE_WINDOWS:
+        for thr in ZSCORE_THRESHOLDS:
+            zs = Score()
+            for _g, _k, _p, _s, rows, key, events, hours, step in loaded:
+                za = rolling_z_alerts([r[0] for r in rows], [r[1] for r in rows], key, w, thr)
+                zs.add(score(events, za, step=step, grace=CLOUD_GRACE_POINTS * step,
+                             settle_windows=0, exposure_hours=hours))  # fmt: skip
+            grid.append((w, thr, zs))
+    best = max(grid, key=lambda g: g[2].f1)
+    if out_dir is not None:
+        _cloud_charts(loaded, cfg, out_dir)
+    return {
+        "meshwatch": mw,
+        "zscore": best,
+        "grid": grid,
+        "by_group": by_group,
+        "series": len(loaded),
+        "seconds": mw_secs,
+    }
+
+
+def _cloud_charts(loaded: list[Any], cfg: DetectorConfig, out_dir: Path) -> None:
+    """One `meshwatch backtest` output folder per group (its first series)."""
+    seen: set[str] = set()
+    for group, kind, path, samples, *_ in loaded:
+        if group in seen:
+            continue
+        seen.add(group)
+        res = backtest(samples, cfg, kinds=PLAIN_DETECTOR_KINDS[kind])
+        write_outputs(res, out_dir / "cloud" / path.stem, charts=1)
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def _fmt(x: float, spec: str = ".2f") -> str:
+    return "–" if x != x else format(x, spec)
+
+
+def table(rows: list[tuple[str, Score]], unit: str) -> list[str]:
+    out = [
+        f"| detector | events | detected | alerts TP / false / dup | precision | recall | F1 "
+        f"| median TTD (windows) | false alerts per 1,000 {unit}-hours | normal {unit}-hours |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, s in rows:
+        out.append(
+            f"| {name} | {s.events} | {s.detected} | {s.tp} / {s.fp} / {s.duplicates} "
+            f"| {_fmt(s.precision)} | {_fmt(s.recall)} | {_fmt(s.f1)} "
+            f"| {_fmt(s.median_ttd, '.1f')} "
+            f"| {_fmt(s.fp_per_1000h)} | {s.exposure_hours:,.0f} |"
+        )
+    return out
+
+
+def report(sim: dict[str, Any] | None, cloud: dict[str, Any] | None) -> str:
+    lines = ["# Detection quality", "",
+             "Produced by `python bench/quality/run.py`; definitions in `bench/quality/events.py`.",
+             ""]  # fmt: skip
+    if sim is not None:
+        t = sim["total"]
+        lines += ["## Simulator scenarios (10 s windows)", ""]
+        lines += table(
+            [("meshwatch", t["meshwatch"]), ("static rules", t["static rules"])], "route"
+        )
+        lines += ["", "Per kind (detected / events):", "",
+                  "| kind | meshwatch | static rules |", "| --- | ---: | ---: |"]  # fmt: skip
+        kinds = sorted(t["meshwatch"].detected_by_kind)
+        for k in kinds:
+            a = t["meshwatch"].detected_by_kind.get(k, (0, 0))
+            b = t["static rules"].detected_by_kind.get(k, (0, 0))
+            lines.append(f"| {k} | {a[0]} / {a[1]} | {b[0]} / {b[1]} |")
+        lines += ["", "False alerts by cause:", ""]
+        for name in ("meshwatch", "static rules"):
+            causes = (
+                ", ".join(f"{k}: {v}" for k, v in sorted(t[name].fp_by_cause.items())) or "none"
+            )
+            lines.append(f"- {name}: {causes}")
+        lines += ["", "Per run (meshwatch TP/false/missed · static TP/false/missed):", ""]
+        for row in sim["runs"]:
+            m, s = row["meshwatch"], row["static rules"]
+            lines.append(
+                f"- `{row['run']}`: {row['events']} events"
+                f" · meshwatch {m.tp}/{m.fp}/{len(m.missed)}"
+                f" · static {s.tp}/{s.fp}/{len(s.missed)}"
+            )
+        lines.append("")
+    if cloud is not None:
+        w, thr, _ = cloud["zscore"]
+        lines += [
+            f"## Real series: cloud-monitoring ({cloud['series']} series, plain-CSV path)",
+            "",
+        ]
+        zname = f"rolling z-score (best of grid: W={w}, |z|≥{thr:g})"
+        rows = [("meshwatch (one configuration)", cloud["meshwatch"]), (zname, cloud["zscore"][2])]
+        lines += table(rows, "series")
+        lines += ["", "meshwatch per group:", ""]
+        lines += ["| group | kind | events | detected | TP / false | F1 |"]
+        lines += ["| --- | --- | ---: | ---: | ---: | ---: |"]
+        for g, s in sorted(cloud["by_group"].items()):
+            lines.append(f"| {g} | {GROUP_KIND.get(g, 'traffic')} | {s.events} | {s.detected} "
+                         f"| {s.tp} / {s.fp} | {_fmt(s.f1)} |")  # fmt: skip
+        lines += ["", "Rolling z-score grid (F1, false alerts per 1,000 series-hours):", ""]
+        for w, thr, s in cloud["grid"]:
+            lines.append(f"- W={w}, |z|≥{thr:g}: F1 {_fmt(s.f1)}, {_fmt(s.fp_per_1000h)} /1000h")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--only", choices=["sim", "cloud"], default=None)
+    ap.add_argument("--fresh", action="store_true", help="re-record the simulator runs")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel simulator recordings")
+    ap.add_argument("--cache", type=Path, default=HERE / ".cache")
+    ap.add_argument("--out", type=Path, default=HERE / "out", help="backtest outputs and charts")
+    ap.add_argument("--results", type=Path, default=HERE / "results.md")
+    args = ap.parse_args(argv)
+    sim = cloud = None
+    started = time.perf_counter()
+    if args.only in (None, "sim"):
+        all_runs = runs()
+        record_all(all_runs, args.cache, args.fresh, args.jobs)
+        sim = evaluate_sim(all_runs, args.cache, DetectorConfig())
+        # one worked example through the backtest outputs
+        example = read_golden_jsonl(_cache_path(all_runs[0], args.cache))
+        write_outputs(backtest(example, DetectorConfig()), args.out / "sim" / all_runs[0].name)
+    if args.only in (None, "cloud"):
+        if not DATASET.exists():
+            print(f"skipping the real series: {DATASET} is absent")
+        else:
+            cloud = evaluate_cloud(DetectorConfig(**CLOUD_DETECTOR), args.out)
+    text = report(sim, cloud)
+    print(text)
+    args.results.write_text(text + f"\n_Run time: {time.perf_counter() - started:.0f} s._\n")
+    print(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,366 @@
+"""The collector's Prometheus source: one window of GoldenBatches from PromQL.
+
+Where a Prometheus already scrapes the proxies (linkerd-viz's, or your own
+with the same ``linkerd-proxy`` job), the collector need not scrape them a
+second time: each window it asks Prometheus instead and builds the same
+GoldenSamples, route for route, as the direct scrape
+(:mod:`pipeline.collect.promwindow` folds the rows with the scrape path's own
+``extract`` and ``build_batches``).
+
+**Deltas, not ``increase()``.** Linkerd's tooling asks for
+``sum(increase(response_total[w])) by (...)``. ``increase`` extrapolates
+from the samples inside ``[t1-w, t1]`` to the window's edges: the result is
+fractional, and the increments between the last sample before the window and
+the first inside it are estimated rather than counted. Consecutive windows
+therefore neither add up to the counters nor agree with a direct scrape. So
+each family is instead the per-series difference of two *instant* values,
+at the window end and at the window start (``x - x offset w``, with counter
+resets, new series and proxy restarts handled per series exactly as
+:mod:`pipeline.collect.deltas` does), summed by the labels the golden numbers
+need. Windows then tile: an increment lands in exactly one window, counts
+are integers, and they equal the direct scrape's whenever both read the same
+samples. The difference is taken inside Prometheus, not here, because the
+raw series are too many to move every window: a mesh of 10,000 routes
+exposes about 500,000 series (mostly latency buckets), some 100 MB of JSON
+per instant, against a few MB of summed rows. The window start needs no
+query of its own, and the source keeps no state between windows: a
+restarted collector, or one that skipped windows, computes the next window
+exactly.
+
+For exact windows the window length should be a multiple of Prometheus'
+scrape interval (10 s for linkerd-viz); otherwise a window holds one scrape
+interval more or less than its neighbour for a given proxy. A window is
+queried ``query_delay_seconds`` after it ends, so that scrapes that started
+before the end have been stored.
+
+**Failures.** Every query has a timeout, is retried with doubling backoff a
+bounded number of times, and all of a window's queries share one deadline
+(the window's length: a window never takes longer to build than to pass).
+If any query still fails, or Prometheus has no fresh samples at the window's
+end (it was down, or is not scraping), the window is *skipped*: the report
+says so and why, a warning is logged, and no batch is produced. A window is
+never filled with zeros for want of data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+import requests
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from prometheus_api_client.prometheus_connect import PrometheusConnect
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from pipeline.collect.collector import CycleReport
+from pipeline.collect.promql import (
+    Family,
+    Labels,
+    Window,
+    family_queries,
+    golden_families,
+    info_query,
+    new_series_query,
+)
+from pipeline.collect.promwindow import Row, cover, fold, read_info
+from pipeline.config import MeshwatchConfig, PrometheusSourceConfig, read_secret
+from pipeline.schema import GoldenBatch
+
+log = logging.getLogger(__name__)
+
+#: HTTP statuses worth another attempt: overload, restarts, proxies in between.
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_STATUS = re.compile(r"HTTP Status Code (\d{3})")
+
+
+class QueryError(Exception):
+    """A query that did not answer; ``retryable`` unless Prometheus rejected it."""
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class QueryClient(Protocol):
+    """Blocking instant queries (run on worker threads)."""
+
+    def query(self, expr: str, at: float, timeout: float) -> Sequence[Row]: ...
+
+    def close(self) -> None: ...
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """``[Errno 111] Connection refused`` rather than urllib3's message with the whole URL."""
+    m = _ERRNO.search(str(exc))
+    if m:
+        return m.group(0).strip()
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", None)
+    return _short(repr(reason) if reason is not None else type(exc).__name__)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class PromClient:
+    """Instant queries through ``prometheus-api-client``, with our own retry policy.
+
+    The library's built-in retries (three, one second apart) are switched
+    off: the source retries within the window's deadline instead.
+    """
+
+    def __init__(self, pcfg: PrometheusSourceConfig) -> None:
+        session = requests.Session()
+        session.verify = str(pcfg.ca_file) if pcfg.ca_file else pcfg.tls_verify
+        headers = {k: v.get_secret_value() for k, v in pcfg.headers.items()}
+        token = read_secret(pcfg.bearer_token, pcfg.bearer_token_file)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        # read=False: a read timeout surfaces as requests.ReadTimeout, not wrapped
+        # as a connection error ("Max retries exceeded").
+        no_retry = Retry(total=0, read=False, raise_on_status=False)
+        self.url = str(pcfg.url)
+        self._prom = PrometheusConnect(
+            url=self.url,
+            headers=headers,
+            retry=no_retry,
+            session=session,
+            method=pcfg.method,
+        )
+        # One connection per query in flight (the library's adapter keeps 10).
+        adapter = HTTPAdapter(pool_maxsize=pcfg.concurrency, max_retries=no_retry)
+        session.mount(self.url, adapter)
+        self._session = session
+
+    def query(self, expr: str, at: float, timeout: float) -> list[Row]:
+        params = {"time": f"{at:.3f}", "timeout": f"{timeout:.3f}"}
+        try:
+            result = self._prom.custom_query(expr, params=params, timeout=timeout)  # type: ignore[arg-type]
+        except PrometheusApiClientException as exc:
+            m = _STATUS.search(str(exc))
+            status = int(m.group(1)) if m else 0
+            raise QueryError(
+                f"HTTP {status or '?'}: {_short(str(exc))}", retryable=status in RETRYABLE_STATUS
+            ) from exc
+        except requests.Timeout as exc:
+            raise QueryError(f"no answer within {timeout:.1f}s", retryable=True) from exc
+        except requests.ConnectionError as exc:
+            raise QueryError(f"unreachable: {_root_cause(exc)}", retryable=True) from exc
+        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            raise QueryError(f"bad response: {_short(repr(exc))}", retryable=True) from exc
+        if not isinstance(result, list):
+            raise QueryError(f"not an instant vector: {_short(repr(result))}", retryable=False)
+        return result
+
+    def close(self) -> None:
+        self._session.close()  # ours; PrometheusConnect.close() only exists from 0.7.1
+
+
+@dataclass
+class PromCycleReport(CycleReport):
+    """A window built from Prometheus; ``skipped`` says why none was produced."""
+
+    queries: int = 0
+    attempts: int = 0  # HTTP requests, retries included
+    query_seconds: float = 0.0  # from the first query sent to the last answer
+    fold_seconds: float = 0.0  # rows → batches, on this process
+    rows: int = 0
+    left_out: list[str] = field(default_factory=list)
+    restarted: int = 0  # pods counted in full (restarted, or started in the window)
+    new_series: int = 0  # pods with latency series that began in the window
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Budget:
+    deadline: float  # time.monotonic()
+    queries: int = 0
+    attempts: int = 0
+
+
+class PrometheusSource:
+    """Builds each window from Prometheus; plug into :class:`Collector` as ``source``."""
+
+    def __init__(
+        self,
+        cfg: MeshwatchConfig,
+        *,
+        name: str = "collector",
+        client: QueryClient | None = None,
+        families: Sequence[Family] | None = None,
+        deadline_seconds: float | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.pcfg = cfg.prometheus
+        self.name = name
+        lc = self.pcfg.labels
+        self.labels = Labels(lc.namespace, lc.pod, tuple(lc.workload.items()))
+        self.families = tuple(families) if families is not None else golden_families()
+        self.client: QueryClient = client if client is not None else PromClient(self.pcfg)
+        #: Time all of a window's queries share (default: the window's length).
+        self.deadline_seconds = deadline_seconds or cfg.window.seconds
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.pcfg.concurrency, thread_name_prefix="meshwatch-promql"
+        )
+
+    @property
+    def settle_seconds(self) -> float:
+        """How long after a window's end to build it (scrapes in flight must land)."""
+        return self.pcfg.query_delay_seconds
+
+    def window(self, window_end: float) -> Window:
+        return Window(
+            t1=window_end,
+            seconds=self.cfg.window.seconds,
+            selector=self.pcfg.selector,
+            labels=self.labels,
+            exclude_ports=tuple(self.cfg.collector.exclude_ports),
+        )
+
+    async def build_window(self, window_end: float) -> tuple[PromCycleReport, list[GoldenBatch]]:
+        """All GoldenBatches of the window ending at ``window_end``, or a skip report."""
+        started = time.perf_counter()
+        report = PromCycleReport(window_end=window_end)
+        budget = _Budget(time.monotonic() + self.deadline_seconds)
+        w = self.window(window_end)
+        try:
+            q_started = time.perf_counter()
+            info, new = await self._all([info_query(w), new_series_query(w)], w.t1, budget)
+            cov = cover(
+                read_info([*info, *new], self.labels),
+                self.labels,
+                t1=w.t1,
+                window=w.seconds,
+                stale=self.pcfg.stale_after_seconds,
+            )
+            report.targets = len(cov.counted) + len(cov.down) + len(cov.left_out)
+            report.up = len(cov.counted)
+            report.down = [f"{t.pod}: {why}" for t, why in cov.down]
+            report.left_out = [f"{t.pod}: {why}" for t, why in cov.left_out]
+            report.restarted, report.new_series = len(cov.restarted), len(cov.new_series)
+            reason = cov.skip_reason(w.t1, self.pcfg.selector)
+            if reason is not None:
+                report.queries, report.attempts = budget.queries, budget.attempts
+                return self._skip(report, reason, started), []
+            w = replace(
+                w,
+                exclude=tuple(cov.excluded),
+                restarted=tuple(cov.restarted),
+                new_series=tuple(cov.new_series),
+                bare=tuple(cov.bare),
+            )
+            plan = [(fam, q) for fam in self.families for q in family_queries(w, fam)]
+            rows = await self._all([q for _, q in plan], w.t1, budget)
+            report.query_seconds = time.perf_counter() - q_started
+        except QueryError as exc:
+            report.queries = budget.queries
+            report.attempts = budget.attempts
+            return self._skip(report, f"Prometheus {self.pcfg.url}: {exc.reason}", started), []
+        report.queries = budget.queries
+        report.attempts = budget.attempts
+        f_started = time.perf_counter()
+        folded = await asyncio.to_thread(
+            fold,
+            cov,
+            [(fam, r) for (fam, _), r in zip(plan, rows, strict=True)],
+            self.labels,
+            window_end=window_end,
+            window_seconds=w.seconds,
+            cluster=self.cfg.cluster,
+            collector=self.name,
+            exclude_ports=self.cfg.collector.exclude_ports,
+        )
+        report.fold_seconds = time.perf_counter() - f_started
+        if folded.dropped_rows:
+            log.debug("%s: %d row(s) of no counted pod", self.name, folded.dropped_rows)
+        report.rows = folded.rows
+        report.batches = len(folded.batches)
+        report.samples = sum(len(b.samples) for b in folded.batches)
+        report.seconds = time.perf_counter() - started
+        if report.left_out:
+            log.info(
+                "%s: window %s leaves out %d pod(s) without data at an edge: %s",
+                self.name,
+                _iso(window_end),
+                len(report.left_out),
+                report.left_out[:5],
+            )
+        return report, folded.batches
+
+    def _skip(self, report: PromCycleReport, reason: str, started: float) -> PromCycleReport:
+        report.skipped = reason
+        report.seconds = time.perf_counter() - started
+        log.warning(
+            "%s: window ending %s skipped, no batch produced: %s",
+            self.name,
+            _iso(report.window_end),
+            reason,
+        )
+        return report
+
+    async def _all(self, exprs: Sequence[str], at: float, budget: _Budget) -> list[Sequence[Row]]:
+        """Every query at once; the first failure cancels the rest and is raised."""
+        failed: QueryError | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._query(e, at, budget)) for e in exprs]
+        except* QueryError as group:
+            first = group.exceptions[0]
+            assert isinstance(first, QueryError)
+            failed = first
+        if failed is not None:
+            raise failed
+        return [t.result() for t in tasks]
+
+    async def _query(self, expr: str, at: float, budget: _Budget) -> Sequence[Row]:
+        """One instant query, retried with doubling backoff until the window's deadline."""
+        loop = asyncio.get_running_loop()
+        backoff = self.pcfg.backoff_seconds
+        last: QueryError | None = None
+        tries = 0
+        budget.queries += 1
+        for attempt in range(1, self.pcfg.max_attempts + 1):
+            remaining = budget.deadline - time.monotonic()
+            if remaining <= 0.05:
+                break
+            timeout = min(self.pcfg.timeout_seconds, remaining)
+            budget.attempts += 1
+            tries += 1
+            try:
+                call = loop.run_in_executor(self._pool, self.client.query, expr, at, timeout)
+                return await asyncio.wait_for(call, timeout + 0.5)
+            except QueryError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+            except TimeoutError:
+                last = QueryError(f"no answer within {timeout:.1f}s", retryable=True)
+            log.debug("%s: query attempt %d failed: %s", self.name, attempt, last.reason)
+            pause = min(backoff, budget.deadline - time.monotonic())
+            if attempt == self.pcfg.max_attempts or pause <= 0:
+                break
+            await asyncio.sleep(pause)
+            backoff *= 2
+        why = last.reason if last is not None else "no time left in the window"
+        raise QueryError(f"{why} (gave up after {tries} attempt(s))", retryable=False)
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
