@@ -14,10 +14,18 @@ and the 1 s windows of ``meshwatch demo`` alike.
 from __future__ import annotations
 
 from datetime import datetime, time
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pipeline.alert.matchers import LABELS, MatcherError, parse_all
 
@@ -95,6 +103,14 @@ class RouteConfig(_Section):
 
     _match = field_validator("match")(_check_matchers)
     _group_by = field_validator("group_by")(_check_group_by)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Print ``continue`` (what one writes), not the Python field name."""
+        data: dict[str, Any] = handler(self)
+        if "continue_" in data:
+            data["continue"] = data.pop("continue_")
+        return data
 
 
 class MaintenanceWindow(_Section):

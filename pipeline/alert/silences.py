@@ -143,17 +143,21 @@ class SilenceSet:
         self._parsed[silence.id] = parse_all(silence.matchers)
         return True
 
-    def muting(self, labels: Mapping[str, str], now: float) -> list[str]:
-        """Ids of active silences and names of open windows that mute these labels."""
+    def active(self, now: float) -> list[tuple[str, tuple[Matcher, ...]]]:
+        """The silences and windows in force at ``now``, with their matchers."""
         out = [
-            sid
+            (sid, self._parsed[sid])
             for sid, s in self.silences.items()
-            if s.starts_at <= now < s.ends_at and match_all(self._parsed[sid], labels)
+            if s.starts_at <= now < s.ends_at
         ]
         for w, matchers in self.windows:
-            if match_all(matchers, labels) and any(a <= now < b for a, b in window_spans(w, now)):
-                out.append(f"maintenance:{w.name}")
+            if any(a <= now < b for a, b in window_spans(w, now)):
+                out.append((f"maintenance:{w.name}", matchers))
         return out
+
+    def muting(self, labels: Mapping[str, str], now: float) -> list[str]:
+        """Ids of active silences and names of open windows that mute these labels."""
+        return [name for name, matchers in self.active(now) if match_all(matchers, labels)]
 
     def next_change(self, now: float) -> float | None:
         """The next time a silence or window starts or ends after ``now``."""

@@ -44,12 +44,11 @@ from rich.console import Console
 from pipeline.alert.delivery import DeliveryOutcome, deliver, make_client
 from pipeline.alert.grouping import Decision, Grouper, Muted, muted_by, single_id
 from pipeline.alert.incidents import FAILED, TOLD_FIRING, IncidentBook
-from pipeline.alert.matchers import parse_all
 from pipeline.alert.message import Member, Notification, render_links
 from pipeline.alert.outbox import OUTBOX_PREFIX, OutboxEntry, OutboxMember, SinkQueue
 from pipeline.alert.ratelimit import Limiter, limiter_for
 from pipeline.alert.routing import Router, incident_labels
-from pipeline.alert.silences import SILENCE_PREFIX, SilenceSet, SilenceStore, window_spans
+from pipeline.alert.silences import SILENCE_PREFIX, SilenceSet, SilenceStore
 from pipeline.alert.sinks import Sink, build_sink
 from pipeline.config import MeshwatchConfig
 from pipeline.kafka.clients import make_producer
@@ -381,16 +380,8 @@ class AlerterProcessor:
             self._silence_wake = self.silences.next_change(now)
 
     def _muted(self, now: float) -> Muted:
-        """The silences and windows in force now, as matcher lists (once per turn)."""
-        out: list[tuple[str, Any]] = [
-            (sid, parse_all(s.matchers))
-            for sid, s in self.silences.silences.items()
-            if s.starts_at <= now < s.ends_at
-        ]
-        for w, matchers in self.silences.windows:
-            if any(a <= now < b for a, b in window_spans(w, now)):
-                out.append((f"maintenance:{w.name}", matchers))
-        return out
+        """The silences and windows in force now (worked out once per turn)."""
+        return self.silences.active(now)
 
     # -- deciding -----------------------------------------------------------
 
