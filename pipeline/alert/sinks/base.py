@@ -162,13 +162,23 @@ async def post_json(
     which may be a credential.
     """
     all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+    return await send(client, "POST", url, target=target, json=payload, headers=all_headers)
+
+
+async def send(
+    client: httpx.AsyncClient, method: str, url: str, *, target: str, **request: Any
+) -> httpx.Response:
+    """One request, with the error mapping every sink shares.
+
+    Network trouble and timeouts are retryable; an unusable URL or header is
+    permanent (no retry fixes that); error texts never carry the URL.
+    """
     try:
-        return await client.post(url, json=payload, headers=all_headers)
+        return await client.request(method, url, **request)
     except httpx.TimeoutException as exc:
         detail = f"{target}: timed out ({type(exc).__name__})"
         raise RetryableDeliveryError(None, None, detail) from None
     except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
-        # The URL or a header we were configured with is unusable: no retry fixes that.
         raise PermanentDeliveryError(None, f"{target}: {_reason(exc, url)}") from None
     except httpx.TransportError as exc:
         raise RetryableDeliveryError(None, None, f"{target}: {_reason(exc, url)}") from None

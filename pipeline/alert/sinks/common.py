@@ -24,8 +24,9 @@ from pipeline.alert.sinks.base import (
     RetryableDeliveryError,
     body_excerpt,
     parse_retry_after,
+    send,
 )
-from pipeline.alert.sinks.redact import redact_text, register_secret
+from pipeline.alert.sinks.redact import register_secret
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -64,19 +65,7 @@ async def call(
     elif json_body is not None:
         kwargs["content"] = json.dumps(json_body, ensure_ascii=False).encode()
         all_headers.setdefault("Content-Type", "application/json")
-    try:
-        return await client.request(method, url, **kwargs)
-    except httpx.TimeoutException as exc:
-        detail = f"{target}: timed out ({type(exc).__name__})"
-        raise RetryableDeliveryError(None, None, detail) from None
-    except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
-        raise PermanentDeliveryError(None, f"{target}: {_reason(exc, url)}") from None
-    except httpx.TransportError as exc:
-        raise RetryableDeliveryError(None, None, f"{target}: {_reason(exc, url)}") from None
-
-
-def _reason(exc: Exception, url: str) -> str:
-    return redact_text(str(exc).replace(url, "<url>")) or type(exc).__name__
+    return await send(client, method, url, target=target, **kwargs)
 
 
 def json_of(response: httpx.Response, target: str) -> Any:
