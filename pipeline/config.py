@@ -757,7 +757,7 @@ class AlertmanagerSink(_SecretSink):
         return self
 
 
-Sink = Annotated[
+SinkConfig = (
     ConsoleSink
     | WebhookSink
     | SlackSink
@@ -772,9 +772,10 @@ Sink = Annotated[
     | GitHubSink
     | ServiceNowSink
     | OpsgenieSink
-    | AlertmanagerSink,
-    Field(discriminator="type"),
-]
+    | AlertmanagerSink
+)
+#: One configured destination, told apart by its ``type``.
+Sink = Annotated[SinkConfig, Field(discriminator="type")]
 
 
 class AlerterConfig(_Section):

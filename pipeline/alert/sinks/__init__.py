@@ -43,28 +43,11 @@ from pipeline.config import (
     OpsgenieSink,
     PagerDutySink,
     ServiceNowSink,
+    SinkConfig,
     SlackBotSink,
     SlackSink,
     TeamsSink,
     WebhookSink,
-)
-
-SinkConfig = (
-    ConsoleSink
-    | WebhookSink
-    | SlackSink
-    | SlackBotSink
-    | TeamsSink
-    | MattermostSink
-    | DiscordSink
-    | GoogleChatSink
-    | PagerDutySink
-    | JiraCloudSink
-    | JiraDataCenterSink
-    | GitHubSink
-    | ServiceNowSink
-    | OpsgenieSink
-    | AlertmanagerSink
 )
 
 __all__ = [
