@@ -452,3 +452,21 @@ def sample_notification(now: float, links: dict[str, str] | None = None) -> Noti
         last_finding=finding,
     )
     return Notification(incident, finding, "firing", test=True, links=dict(links or {}))
+
+
+def summary_fields(n: Notification) -> list[tuple[str, str]]:
+    """The name/value facts every chat card shows beside the text."""
+    f = n.finding
+    return [
+        ("Namespace", f.namespace),
+        ("Workload", f"{f.workload_kind}/{f.workload}"),
+        ("Route", f"{f.direction} {f.route}"),
+        ("Severity", n.incident.severity),
+        ("Score", format_number(f.score)),
+        ("Occurrences", str(n.incident.count)),
+    ]
+
+
+def web_links(n: Notification) -> list[tuple[str, str]]:
+    """The configured links a chat or ticket system can open (http and https only)."""
+    return [(name, url) for name, url in n.links.items() if url.startswith(("https://", "http://"))]

@@ -22,11 +22,12 @@ import httpx
 
 from pipeline.alert.message import (
     Notification,
-    format_number,
     since_line,
+    summary_fields,
     summary_line,
     suspect_line,
     title,
+    web_links,
 )
 from pipeline.alert.sinks import chart
 from pipeline.alert.sinks.base import RetryableDeliveryError, SinkResponse, parse_retry_after
@@ -84,18 +85,11 @@ def build_message(n: Notification, *, image: str | None = None) -> dict[str, Any
     suspect = suspect_line(f)
     if suspect:
         lines.append(escape(suspect))
-    links = [(k, v) for k, v in n.links.items() if v.startswith(("https://", "http://"))]
+    links = web_links(n)
     lines += [f"[{escape(k)}]({v})" for k, v in links[:5]]
     if n.test:
         lines.append("*Test notification from meshwatch; no action is needed.*")
-    fields = [
-        ("Namespace", f.namespace),
-        ("Workload", f"{f.workload_kind}/{f.workload}"),
-        ("Route", f"{f.direction} {f.route}"),
-        ("Severity", n.incident.severity),
-        ("Score", format_number(f.score)),
-        ("Occurrences", str(n.incident.count)),
-    ]
+    fields = summary_fields(n)
     embed: dict[str, Any] = {
         "title": clip(title(n), MAX_TITLE),
         "description": clip("\n".join(lines), 1500),

@@ -16,10 +16,11 @@ import httpx
 from pipeline.alert.message import (
     Notification,
     body_lines,
-    format_number,
     format_utc,
     headline,
+    summary_fields,
     title,
+    web_links,
 )
 from pipeline.alert.sinks.base import SinkResponse, body_excerpt
 from pipeline.alert.sinks.common import call, clip, permanent, retryable
@@ -63,19 +64,10 @@ def build_payload(
     icon_url: str | None = None,
 ) -> dict[str, Any]:
     f = n.finding
-    links = [
-        (name, url) for name, url in n.links.items() if url.startswith(("https://", "http://"))
-    ]
+    links = web_links(n)
     lines = [escape(line) for line in body_lines(n)]
     lines += [f"[{escape(name)}]({url})" for name, url in links]
-    fields = [
-        ("Namespace", f.namespace),
-        ("Workload", f"{f.workload_kind}/{f.workload}"),
-        ("Route", f"{f.direction} {f.route}"),
-        ("Severity", n.incident.severity),
-        ("Score", format_number(f.score)),
-        ("Occurrences", str(n.incident.count)),
-    ]
+    fields = summary_fields(n)
     attachment: dict[str, Any] = {
         "fallback": clip(headline(n), TEXT_BUDGET),
         "color": colour(n),

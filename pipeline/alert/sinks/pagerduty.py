@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.alert.message import Notification, body_lines, format_number, headline
+from pipeline.alert.message import Notification, body_lines, format_number, headline, web_links
 from pipeline.alert.sinks.base import SinkResponse
 from pipeline.alert.sinks.common import call, clip, json_of, permanent, retryable
 from pipeline.alert.sinks.redact import register_secret
@@ -90,11 +90,7 @@ def build_event(
     }
     if client_url:
         event["client_url"] = client_url
-    links = [
-        {"href": url, "text": name}
-        for name, url in n.links.items()
-        if url.startswith(("https://", "http://"))
-    ]
+    links = [{"href": url, "text": name} for name, url in web_links(n)]
     if links:
         event["links"] = links
     if len(json.dumps(event).encode()) > MAX_EVENT_BYTES:

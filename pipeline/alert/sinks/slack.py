@@ -16,9 +16,9 @@ import httpx
 
 from pipeline.alert.message import (
     Notification,
-    format_number,
     format_utc,
     since_line,
+    summary_fields,
     summary_line,
     suspect_line,
     title,
@@ -112,14 +112,7 @@ def _section(n: Notification) -> dict[str, Any]:
     if n.test:
         lines.append("_Test notification from meshwatch; no action is needed._")
     text = clip_escaped("\n".join(lines), MAX_SECTION_TEXT)
-    fields = [
-        _field("Namespace", f.namespace),
-        _field("Workload", f"{f.workload_kind}/{f.workload}"),
-        _field("Route", f"{f.direction} {f.route}"),
-        _field("Severity", n.incident.severity),
-        _field("Score", format_number(f.score)),
-        _field("Occurrences", str(n.incident.count)),
-    ][:MAX_FIELDS]
+    fields = [_field(name, value) for name, value in summary_fields(n)][:MAX_FIELDS]
     return {"type": "section", "text": _mrkdwn(text), "fields": fields}
 
 

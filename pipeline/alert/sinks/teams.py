@@ -22,10 +22,11 @@ import httpx
 from pipeline.alert.message import (
     Notification,
     body_lines,
-    format_number,
     format_utc,
     since_line,
+    summary_fields,
     title,
+    web_links,
 )
 from pipeline.alert.sinks.base import SinkResponse, body_excerpt
 from pipeline.alert.sinks.common import call, clip, permanent, retryable
@@ -86,14 +87,7 @@ def build_card(
             body.append(_text(clip(line, MAX_TEXT), isSubtle=True, spacing="None"))
         else:
             body.append(_text(clip(line, MAX_TEXT)))
-    facts = [
-        ("Namespace", f.namespace),
-        ("Workload", f"{f.workload_kind}/{f.workload}"),
-        ("Route", f"{f.direction} {f.route}"),
-        ("Severity", n.incident.severity),
-        ("Score", format_number(f.score)),
-        ("Occurrences", str(n.incident.count)),
-    ]
+    facts = summary_fields(n)
     body.append(
         {
             "type": "FactSet",
@@ -118,8 +112,7 @@ def build_card(
     if with_links:
         actions = [
             {"type": "Action.OpenUrl", "title": clip(name, 100) or "link", "url": url}
-            for name, url in n.links.items()
-            if url.startswith(("https://", "http://"))
+            for name, url in web_links(n)
         ][:MAX_ACTIONS]
         if actions:
             card["actions"] = actions
