@@ -74,8 +74,25 @@ def test_three_findings_of_a_workload_in_group_wait_make_one_notification_listin
             assert len(web) == 1 and len(slack.accepted()) == 1
             assert web[0].header(NID).startswith("group:")  # type: ignore[union-attr]
             assert described_routes(web[0]) == ["GET /a", "POST /c", "GET /b"]  # worst first
-            summary = web[0].payload["commonAnnotations"]["summary"]
-            assert summary.startswith("3 alerts — shop/deploy/web (latency)")
+            body = web[0].payload
+            # every member is an alert of its own, as Alertmanager would send the group
+            assert body["groupLabels"] == {
+                "namespace": "shop",
+                "workload_kind": "deploy",
+                "workload": "web",
+            }
+            assert {k: body["commonLabels"][k] for k in ("namespace", "workload")} == {
+                "namespace": "shop",
+                "workload": "web",
+            }
+            assert "route" not in body["commonLabels"]
+            summaries = [a["annotations"]["summary"] for a in body["alerts"]]
+            assert [s.split(" inbound ")[1].split(":")[0] for s in summaries] == [
+                "GET /a",
+                "POST /c",
+                "GET /b",
+            ]
+            assert len({a["fingerprint"] for a in body["alerts"]}) == 3
             assert "3 alerts — shop/deploy/web" in slack.accepted()[0].payload["text"]
             clock.advance(10)  # the api group's own group_wait
             p.idle(0)

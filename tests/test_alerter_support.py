@@ -104,11 +104,9 @@ def counts(records: Iterable[Received]) -> Counter[str]:
 
 
 def described_routes(record: Received) -> list[str]:
-    """Routes named in a webhook notification's text (the lead and, for a group, the list)."""
-    text = record.payload["alerts"][0]["annotations"]["description"]
-    return [
-        line.split(" inbound ")[1].split(":")[0] for line in text.splitlines() if line[:2] == "- "
-    ]
+    """Routes of a grouped webhook notification, one alert each, in order ([] if single)."""
+    alerts = record.payload["alerts"]
+    return [a["labels"]["route"] for a in alerts] if len(alerts) > 1 else []
 
 
 class RunningAlerter:

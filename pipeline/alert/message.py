@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -88,6 +88,9 @@ class Member:
     incident: Incident
     finding: Finding
     action: Action
+    #: This member's own links (its route's dashboard, not the lead's); empty
+    #: for a single-incident notification, whose links are the notification's.
+    links: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,24 @@ class Notification:
 
     def all_members(self) -> tuple[Member, ...]:
         """The members, or the lead alone for a single-incident notification."""
-        return self.members or (Member(self.incident, self.finding, self.action),)
+        return self.members or (Member(self.incident, self.finding, self.action, self.links),)
+
+    def member_view(self, m: Member) -> Notification:
+        """One member as a single-incident notification (its own links, same id and flags).
+
+        Lets a sink that renders each alert of a group on its own (an
+        Alertmanager payload's ``alerts``) reuse the single-incident wording.
+        """
+        lead = m.incident.fingerprint == self.incident.fingerprint
+        return Notification(
+            m.incident,
+            m.finding,
+            m.action,
+            test=self.test,
+            links=dict(m.links or (self.links if lead else {})),
+            notification_id=self.notification_id,
+            reason=self.reason,
+        )
 
 
 # --------------------------------------------------------------------------
@@ -362,15 +382,60 @@ def suspect_line(finding: Finding) -> str | None:
     return f"suspect pod: {finding.suspect_pod}" if finding.suspect_pod else None
 
 
-#: Members listed by name in a group's text; the rest are counted.
+#: Members listed by name in a group's text when a sink gives no size
+#: budget; the rest are counted ("+N more").
 MAX_MEMBER_LINES = 20
 
 
-def body_lines(n: Notification) -> list[str]:
+def more_line(hidden: int) -> str:
+    return f"+{hidden} more"
+
+
+def fit_lines(
+    lines: Sequence[str], budget: int, measure: Callable[[str], int] = len, sep: int = 1
+) -> list[str]:
+    """As many ``lines`` as fit in ``budget`` (joined by ``sep``-long separators), then ``+N more``.
+
+    The count line is part of the budget, so the result never exceeds it:
+    a target's size limit is met by listing fewer members, never by cutting
+    one in half or dropping the count.
+    """
+    total = sum(measure(x) for x in lines) + sep * max(0, len(lines) - 1)
+    if total <= budget:
+        return list(lines)
+    out: list[str] = []
+    used = 0
+    for i, line in enumerate(lines):
+        reserve = measure(more_line(len(lines) - i - 1)) + sep if i < len(lines) - 1 else 0
+        cost = measure(line) + (sep if out else 0)
+        if used + cost + reserve > budget:
+            out.append(more_line(len(lines) - i))
+            return out
+        out.append(line)
+        used += cost
+    return out
+
+
+def member_lines(n: Notification, render: Callable[[Member], str] | None = None) -> list[str]:
+    """One line per member of a group (worst first, as decided), in the shared wording."""
+    return [(render or member_line)(m) for m in n.members]
+
+
+def group_heading(n: Notification) -> str:
+    return f"In this group ({len(n.members)}):"
+
+
+def body_lines(
+    n: Notification, member_budget: int | None = None, *, with_members: bool = True
+) -> list[str]:
     """The plain lines under the title; sinks add their own markup around them.
 
     A grouped notification lists its members after the lead's details, so a
-    sink that renders only these lines still names every incident.
+    sink that renders only these lines still names every incident; with a
+    ``member_budget`` (characters) the list is cut to fit it, otherwise after
+    :data:`MAX_MEMBER_LINES` lines, and the rest are counted as ``+N more``.
+    ``with_members=False`` leaves the list out for a sink that lays it out
+    (and fits it to its own limits) itself, after :func:`group_heading`.
     """
     lines = [summary_line(n.finding), since_line(n)]
     if n.finding.explanation:
@@ -380,11 +445,15 @@ def body_lines(n: Notification) -> list[str]:
         lines.append(suspect)
     if n.reason == "repeat":
         lines.append("Reminder: still firing.")
-    if n.grouped:
-        lines.append(f"In this group ({len(n.members)}):")
-        lines.extend(f"- {member_line(m)}" for m in n.members[:MAX_MEMBER_LINES])
-        if len(n.members) > MAX_MEMBER_LINES:
-            lines.append(f"- … and {len(n.members) - MAX_MEMBER_LINES} more")
+    if n.grouped and with_members:
+        lines.append(group_heading(n))
+        listed = [f"- {line}" for line in member_lines(n)]
+        if member_budget is not None:
+            lines.extend(fit_lines(listed, member_budget))
+        else:
+            lines.extend(listed[:MAX_MEMBER_LINES])
+            if len(listed) > MAX_MEMBER_LINES:
+                lines.append(more_line(len(listed) - MAX_MEMBER_LINES))
     if n.test:
         lines.append("This is a test notification from meshwatch; no action is needed.")
     return lines
@@ -464,6 +533,28 @@ def summary_fields(n: Notification) -> list[tuple[str, str]]:
         ("Severity", n.incident.severity),
         ("Score", format_number(f.score)),
         ("Occurrences", str(n.incident.count)),
+    ]
+
+
+def worst_severity(n: Notification) -> str:
+    rank = {"critical": 3, "warning": 2, "info": 1}
+    return max((m.incident.severity for m in n.all_members()), key=lambda s: rank.get(s, 0))
+
+
+def group_fields(n: Notification) -> list[tuple[str, str]]:
+    """The facts a chat card shows for a group: what the members share, and how many."""
+    if not n.grouped:
+        return summary_fields(n)
+    f = n.finding
+    kinds = sorted({m.finding.kind for m in n.members})
+    workloads = sorted({f"{m.finding.workload_kind}/{m.finding.workload}" for m in n.members})
+    namespaces = sorted({m.finding.namespace for m in n.members})
+    return [
+        ("Namespace", ", ".join(namespaces) if len(namespaces) <= 3 else f.namespace + ", …"),
+        ("Workload", ", ".join(workloads) if len(workloads) <= 3 else f"{len(workloads)} in all"),
+        ("Alerts", str(len(n.members))),
+        ("Kinds", ", ".join(kinds)),
+        ("Severity", worst_severity(n)),
     ]
 
 

@@ -43,6 +43,9 @@ class OutboxMember(_Record):
     incident: Incident
     finding: Finding
     action: Literal["firing", "update", "resolved"]
+    #: The member's own rendered links, for grouped entries (empty otherwise:
+    #: a single notice uses the entry's ``links``).
+    links: dict[str, str] = Field(default_factory=dict)
 
 
 class OutboxEntry(_Record):
@@ -79,7 +82,7 @@ class OutboxEntry(_Record):
         needs the ones the firing got back, so they are taken from the book.
         """
         members = tuple(
-            Member(_fresh(m.incident, self.sink, incidents), m.finding, m.action)
+            Member(_fresh(m.incident, self.sink, incidents), m.finding, m.action, dict(m.links))
             for m in self.members
         )
         lead = members[0]

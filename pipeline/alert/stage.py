@@ -409,7 +409,12 @@ class AlerterProcessor:
                 action=d.action,
                 reason=d.reason,
                 members=tuple(
-                    OutboxMember(incident=m.incident, finding=m.finding, action=m.action)
+                    OutboxMember(
+                        incident=m.incident,
+                        finding=m.finding,
+                        action=m.action,
+                        links=render_links(templates, m.finding) if d.grouped else {},
+                    )
                     for m in d.members
                 ),
                 grouped=d.grouped,

@@ -16,9 +16,12 @@ import httpx
 from pipeline.alert.message import (
     Notification,
     body_lines,
+    fit_lines,
     format_utc,
+    group_fields,
+    group_heading,
     headline,
-    summary_fields,
+    member_line,
     title,
     web_links,
 )
@@ -65,9 +68,16 @@ def build_payload(
 ) -> dict[str, Any]:
     f = n.finding
     links = web_links(n)
-    lines = [escape(line) for line in body_lines(n)]
-    lines += [f"[{escape(name)}]({url})" for name, url in links]
-    fields = summary_fields(n)
+    lines = [escape(line) for line in body_lines(n, with_members=False)]
+    link_lines = [f"[{escape(name)}]({url})" for name, url in links]
+    if n.grouped:
+        # Every member by name while the attachment's budget lasts, then a
+        # count: clipping the joined text would cut a member in half.
+        listed = [clip(escape(f"- {member_line(m)}"), 500) for m in n.members]
+        room = ATTACHMENT_TEXT_BUDGET - len("\n".join([*lines, *link_lines])) - 40
+        lines += [escape(group_heading(n)), *fit_lines(listed, max(100, room))]
+    lines += link_lines
+    fields = group_fields(n)
     attachment: dict[str, Any] = {
         "fallback": clip(headline(n), TEXT_BUDGET),
         "color": colour(n),
@@ -78,7 +88,7 @@ def build_payload(
         ],
         "footer": clip(
             f"meshwatch · {f.model} {f.model_version} · fingerprint {n.fingerprint} · "
-            f"window {format_utc(f.window_end)}",
+            f"window {format_utc(f.window_end)} · id {n.notification_id}",
             500,
         ),
     }
@@ -87,7 +97,11 @@ def build_payload(
     payload: dict[str, Any] = {
         "text": clip(f"{ICONS[n.action]} **{escape(title(n))}**", TEXT_BUDGET),
         "attachments": [attachment],
-        "props": {"meshwatch_fingerprint": n.fingerprint, "meshwatch_action": n.action},
+        "props": {
+            "meshwatch_fingerprint": n.fingerprint,
+            "meshwatch_action": n.action,
+            "meshwatch_notification_id": n.notification_id,
+        },
     }
     if channel:
         payload["channel"] = channel

@@ -15,9 +15,15 @@ from typing import Any
 import httpx
 
 from pipeline.alert.message import (
+    STATUS_TAGS,
+    Member,
     Notification,
+    fit_lines,
     format_utc,
+    group_fields,
+    headline,
     since_line,
+    subject,
     summary_fields,
     summary_line,
     suspect_line,
@@ -53,6 +59,10 @@ BLOCKS_BUDGET = 12_000
 #: Values in fields are identifiers, not prose; long ones are clipped hard.
 FIELD_BUDGET = 300
 MAX_LINK_BUTTONS = 5
+#: A group's member list: at most this many characters in all, in sections
+#: of at most ``MEMBER_SECTION_TEXT`` each; the rest are counted ("+N more").
+MEMBERS_BUDGET = 6000
+MEMBER_SECTION_TEXT = 2900
 
 SEVERITY_EMOJI = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 RESOLVED_EMOJI = "✅"
@@ -116,6 +126,39 @@ def _section(n: Notification) -> dict[str, Any]:
     return {"type": "section", "text": _mrkdwn(text), "fields": fields}
 
 
+def _member_line(m: Member) -> str:
+    return (
+        f"• *{STATUS_TAGS[m.action]}* {escape(subject(m.finding))}: "
+        f"{escape(summary_line(m.finding))}"
+    )
+
+
+def _group_sections(n: Notification) -> list[dict[str, Any]]:
+    """The group's own section (shared facts) and its members, one line each.
+
+    Every member is named with its observed value against the expected
+    band until the budget is spent; the rest are counted, so the message
+    stays inside Block Kit's limits however large the group.
+    """
+    head = [f"*{len(n.members)} alerts* · {escape(since_line(n))}"]
+    if n.reason == "repeat":
+        head.append("Reminder: still firing.")
+    if n.test:
+        head.append("_Test notification from meshwatch; no action is needed._")
+    fields = [_field(name, value) for name, value in group_fields(n)][:MAX_FIELDS]
+    sections = [{"type": "section", "text": _mrkdwn("\n".join(head)), "fields": fields}]
+    lines = [clip_escaped(_member_line(m), MEMBER_SECTION_TEXT) for m in n.members]
+    chunk: list[str] = []
+    for line in fit_lines(lines, MEMBERS_BUDGET):
+        if chunk and len("\n".join([*chunk, line])) > MEMBER_SECTION_TEXT:
+            sections.append({"type": "section", "text": _mrkdwn("\n".join(chunk))})
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        sections.append({"type": "section", "text": _mrkdwn("\n".join(chunk))})
+    return sections
+
+
 def _actions(n: Notification) -> dict[str, Any] | None:
     buttons: list[dict[str, Any]] = []
     for i, (name, url) in enumerate(n.links.items()):
@@ -143,6 +186,9 @@ def _context(n: Notification) -> dict[str, Any]:
         f"meshwatch · {f.model} {f.model_version}",
         f"fingerprint `{n.fingerprint}`",
         f"window {format_utc(f.window_end)}",
+        # A repeat of this post (a crash right after Slack took it) carries
+        # the same id, so people and tools can tell it is the same notice.
+        f"id `{n.notification_id}`",
     ]
     elements = [_mrkdwn(clip_mrkdwn(p, MAX_FIELD_TEXT)) for p in parts]
     return {"type": "context", "elements": elements[:MAX_CONTEXT_ELEMENTS]}
@@ -158,7 +204,7 @@ def build_payload(n: Notification) -> dict[str, Any]:
     header_text = clip(f"{emoji(n)} {title(n)}", MAX_HEADER_TEXT)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": header_text, "emoji": True}},
-        _section(n),
+        *(_group_sections(n) if n.grouped else [_section(n)]),
     ]
     actions = _actions(n)
     if actions is not None:
@@ -168,7 +214,10 @@ def build_payload(n: Notification) -> dict[str, Any]:
         blocks.remove(actions)  # links are the first thing to give up; the facts stay
     if _size(blocks) > BLOCKS_BUDGET:
         blocks[1]["text"]["text"] = clip_escaped(blocks[1]["text"]["text"], 1000)
-    fallback = f"{emoji(n)} {title(n)}: {summary_line(n.finding)}"
+    if n.grouped:
+        fallback = f"{emoji(n)} {headline(n)}"
+    else:
+        fallback = f"{emoji(n)} {title(n)}: {summary_line(n.finding)}"
     return {
         "text": clip_mrkdwn(fallback, min(TEXT_BUDGET, MAX_TEXT)),
         "blocks": blocks[:MAX_BLOCKS],

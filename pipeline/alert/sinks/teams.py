@@ -22,9 +22,12 @@ import httpx
 from pipeline.alert.message import (
     Notification,
     body_lines,
+    fit_lines,
     format_utc,
+    group_fields,
+    group_heading,
+    member_line,
     since_line,
-    summary_fields,
     title,
     web_links,
 )
@@ -43,6 +46,9 @@ MAX_TITLE = 300
 MAX_TEXT = 3000
 MAX_FACT_VALUE = 500
 MAX_ACTIONS = 5
+#: A group's member lines may use this many bytes of the card; the rest of
+#: the members are counted ("+N more").
+MEMBERS_BUDGET_BYTES = 12 * 1024
 SEVERITY_STYLE = {"critical": "attention", "warning": "warning", "info": "accent"}
 SEVERITY_COLOUR = {"critical": "Attention", "warning": "Warning", "info": "Accent"}
 
@@ -76,8 +82,8 @@ def build_card(
         },
     ]
     # The shared lines: numbers, since when, explanation, suspect pod, a
-    # reminder note, and for a grouped notification one line per member.
-    lines = body_lines(n)
+    # reminder note; for a grouped notification one line per member after.
+    lines = body_lines(n, with_members=False)
     body.append(_text(clip(lines[0], MAX_TEXT), weight="Bolder"))
     for line in lines[1:]:
         if line == f.explanation:
@@ -87,7 +93,12 @@ def build_card(
             body.append(_text(clip(line, MAX_TEXT), isSubtle=True, spacing="None"))
         else:
             body.append(_text(clip(line, MAX_TEXT)))
-    facts = summary_fields(n)
+    if n.grouped:
+        body.append(_text(group_heading(n), weight="Bolder"))
+        listed = [clip(f"- {member_line(m)}", MAX_FACT_VALUE) for m in n.members]
+        for line in fit_lines(listed, MEMBERS_BUDGET_BYTES, measure=_utf8_len):
+            body.append(_text(line, spacing="None"))
+    facts = group_fields(n)
     body.append(
         {
             "type": "FactSet",
@@ -97,7 +108,7 @@ def build_card(
     body.append(
         _text(
             f"meshwatch · {f.model} {f.model_version} · fingerprint {n.fingerprint} · "
-            f"window {format_utc(f.window_end)}",
+            f"window {format_utc(f.window_end)} · id {n.notification_id}",
             size="Small",
             isSubtle=True,
         )
@@ -117,6 +128,10 @@ def build_card(
         if actions:
             card["actions"] = actions
     return card
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode())
 
 
 def envelope(card: dict[str, Any]) -> dict[str, Any]:

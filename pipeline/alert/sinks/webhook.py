@@ -2,7 +2,8 @@
 
 Many tools (Alerta, GoAlert, home-grown receivers) already accept what
 Alertmanager posts, so copying its shape field for field makes meshwatch a
-drop-in source for them. Each notification carries one alert: the incident.
+drop-in source for them. Each notification carries one alert per incident it
+tells: one for a single notice, every member for a grouped one.
 Where Alertmanager's format leaves room (label names, annotations) we fill it
 with the finding's route identity and numbers.
 """
@@ -124,13 +125,43 @@ def _group_key(group_labels: dict[str, str]) -> str:
     return "{}:{" + inner + "}"
 
 
-def build_payload(n: Notification, *, receiver: str, external_url: str = "") -> dict[str, Any]:
-    """The request body, one alert per notification (so ``common*`` equal the alert's)."""
-    status = "resolved" if n.resolved else "firing"
-    labels = alert_labels(n)
-    annotations = alert_annotations(n)
+def build_alert(n: Notification) -> dict[str, Any]:
+    """One entry of ``alerts``: a single incident, as Alertmanager describes an alert."""
     end = ended_at(n)
-    group_labels = {"alertname": labels["alertname"], "route_key": labels["route_key"]}
+    return {
+        "status": "resolved" if n.resolved else "firing",
+        "labels": alert_labels(n),
+        "annotations": alert_annotations(n),
+        "startsAt": rfc3339(started_at(n)),
+        "endsAt": ZERO_TIME if end is None else rfc3339(end),
+        "generatorURL": next(iter(n.links.values()), ""),
+        "fingerprint": alert_fingerprint(n),
+    }
+
+
+def common(maps: list[dict[str, str]]) -> dict[str, str]:
+    """The pairs every map has with the same value (Alertmanager's ``common*``)."""
+    first, rest = maps[0], maps[1:]
+    return {k: v for k, v in first.items() if all(m.get(k) == v for m in rest)}
+
+
+def build_payload(n: Notification, *, receiver: str, external_url: str = "") -> dict[str, Any]:
+    """The request body: one alert per incident the notification tells.
+
+    A grouped notification carries every member as its own alert (labels,
+    annotations, times and fingerprint of that incident), and the group's
+    ``groupLabels``, ``commonLabels`` and ``commonAnnotations`` are what
+    Alertmanager would compute for them; a single one carries one alert, so
+    ``common*`` equal the alert's.
+    """
+    views = [n.member_view(m) for m in n.members] if n.grouped else [n]
+    alerts = [build_alert(v) for v in views]
+    status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
+    if n.grouped and n.group_labels:
+        group_labels = dict(n.group_labels)
+    else:
+        lead = alerts[0]["labels"]
+        group_labels = {"alertname": lead["alertname"], "route_key": lead["route_key"]}
     if n.test:
         group_labels["test"] = "true"
     return {
@@ -140,20 +171,10 @@ def build_payload(n: Notification, *, receiver: str, external_url: str = "") -> 
         "status": status,
         "receiver": receiver,
         "groupLabels": group_labels,
-        "commonLabels": dict(labels),
-        "commonAnnotations": dict(annotations),
+        "commonLabels": common([a["labels"] for a in alerts]),
+        "commonAnnotations": common([a["annotations"] for a in alerts]),
         "externalURL": external_url,
-        "alerts": [
-            {
-                "status": status,
-                "labels": labels,
-                "annotations": annotations,
-                "startsAt": rfc3339(started_at(n)),
-                "endsAt": ZERO_TIME if end is None else rfc3339(end),
-                "generatorURL": next(iter(n.links.values()), ""),
-                "fingerprint": alert_fingerprint(n),
-            }
-        ],
+        "alerts": alerts,
     }
 
 
