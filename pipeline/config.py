@@ -380,6 +380,54 @@ class PrometheusSourceConfig(_Section):
         return self
 
 
+class DetectorStateConfig(_Section):
+    """Checkpoints of per-route state to the compacted detector-state topic."""
+
+    enabled: bool = True
+    checkpoint_interval_seconds: float = Field(
+        30.0, gt=0, description="A partition whose state changed is checkpointed this often."
+    )
+    chunk_bytes: int = Field(
+        900_000, ge=10_000, description="Largest checkpoint message (whole routes per message)."
+    )
+    max_replay_records: int = Field(
+        200_000,
+        ge=0,
+        description="On takeover, input records after the checkpoint replayed at most; "
+        "beyond this the gap is skipped (those windows are not learned).",
+    )
+
+
+class DetectorMetricsConfig(_Section):
+    """Per-route score and band gauges on /metrics (bounded cardinality)."""
+
+    enabled: bool = True
+    top_routes: int = Field(
+        100,
+        ge=0,
+        description="Routes exported per kind besides those with an open finding: "
+        "the highest-scoring ones.",
+    )
+    max_open_routes: int = Field(
+        1000, ge=0, description="Cap on routes exported per kind for having an open finding."
+    )
+
+
+class AdmissionConfig(_Section):
+    """What the detector accepts before judging a window (see docs/architecture.md)."""
+
+    max_future_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Windows ending further ahead of this host's clock go to the DLQ.",
+    )
+    late_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Windows ending this long before now are judged but counted as late.",
+    )
+
+
 class DetectorConfig(_Section):
     """Detection: warm-up and guards, per-kind score thresholds, adaptation, persistence.
 
@@ -432,6 +480,12 @@ class DetectorConfig(_Section):
     fire_window: int = Field(3, ge=1, description="... out of the last this many.")
     resolve_after: int = Field(3, ge=1, description="Resolve after this many normal windows.")
     evidence_points: int = Field(12, ge=1, le=256)
+    target_down_windows: int = Field(
+        3, ge=1, description="Fire target_down after a workload's pods are down this many windows."
+    )
+    state: DetectorStateConfig = Field(default_factory=DetectorStateConfig)
+    metrics: DetectorMetricsConfig = Field(default_factory=DetectorMetricsConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 
     @model_validator(mode="after")
     def _persistence(self) -> DetectorConfig:
@@ -834,6 +888,34 @@ class AlerterConfig(_Section):
         return self
 
 
+class ModelsConfig(_Section):
+    """Trained models: the registry, how their scores join the baselines', retraining.
+
+    See ``docs/models.md``. ``combine: max`` reports the larger of the two
+    calibrated scores; fire/resolve decisions stay the baselines' (so a model
+    can never make detection worse by default). ``off`` ignores the model.
+    """
+
+    registry_dir: str = Field(
+        "meshwatch-models", description="Registry root; relative paths are under the cwd."
+    )
+    combine: Literal["max", "off"] = "max"
+    prefilter_score: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Only windows whose baseline score for a kind reaches this are scored "
+        "by the model (keeps the detector's throughput).",
+    )
+    false_alert_budget: float = Field(
+        1e-4, gt=0, lt=0.5, description="Share of normal windows a model may flag."
+    )
+    train_hours: float = Field(168.0, gt=0, description="History a training run reads.")
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    min_training_windows: int = Field(1000, ge=1)
+    reports_dir: str = "meshwatch-reports"
+
+
 class ObserveConfig(_Section):
     """Where each stage serves /metrics, /healthz and /readyz, and how it logs."""
 
@@ -864,6 +946,7 @@ class MeshwatchConfig(BaseSettings):
     prometheus: PrometheusSourceConfig = Field(default_factory=PrometheusSourceConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     alerter: AlerterConfig = Field(default_factory=AlerterConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     observe: ObserveConfig = Field(default_factory=ObserveConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

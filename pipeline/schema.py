@@ -220,6 +220,9 @@ class Finding(_Message):
     suspect_pod: str | None = None
     model: str
     model_version: str
+    #: Registry version of the trained model that scored this window (None: none
+    #: loaded, or a message from before trained models existed).
+    learned_model_version: str | None = None
     explanation: str
 
     @property

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from models.detector import (
-    DEFAULT_BOUNDS_MS,
     KINDS,
     MODEL_NAME,
     MODEL_VERSION,
@@ -27,6 +26,9 @@ from models.detector import (
     Verdicts,
 )
 from pipeline.config import DetectorConfig
+from pipeline.detect import columnar
+from pipeline.detect.columnar import GoldenColumns, RouteParts
+from pipeline.detect.scoring import ModelScoring
 from pipeline.keys import route_key as make_route_key
 from pipeline.keys import workload_key as make_workload_key
 from pipeline.schema import EvidencePoint, Finding, GoldenBatch, GoldenSample, finding_id
@@ -64,71 +66,60 @@ def params_from_config(cfg: DetectorConfig) -> DetectorParams:
     )
 
 
-#: Observation columns and the GoldenSample fields they come from, in order.
-_COLUMNS = (
-    ("window_end", "window_end"),
-    ("requests", "requests"),
-    ("failures", "failures"),
-    ("p50_ms", "p50_ms"),
-    ("p95_ms", "p95_ms"),
-    ("p99_ms", "p99_ms"),
-    ("tls_failures", "tls_failures"),
-    ("plaintext", "plaintext_requests"),
-    ("mtls", "mtls_requests"),
-    ("cert_ttl", "cert_ttl_seconds"),
-    ("window_seconds", "window_seconds"),
-)
-_GETTERS = tuple((name, operator.attrgetter(attr)) for name, attr in _COLUMNS)
+def route_keys(samples: Sequence[GoldenSample]) -> list[str]:
+    """``[s.route_key for s in samples]``, building each workload key once."""
+    return RouteKeys()(list(map(_route_parts, samples)))
+
+
 _route_parts = operator.attrgetter("namespace", "workload_kind", "workload", "direction", "route")
 
 
-def route_keys(samples: Sequence[GoldenSample]) -> list[str]:
-    """``[s.route_key for s in samples]``, building each workload key once."""
-    workload_keys: dict[tuple[str, str, str], str] = {}
-    out: list[str] = []
-    for ns, kind, workload, direction, route in map(_route_parts, samples):
-        wk = workload_keys.get((ns, kind, workload))
-        if wk is None:
-            wk = workload_keys[(ns, kind, workload)] = make_workload_key(ns, kind, workload)
-        out.append(make_route_key(wk, direction, route))
-    return out
+class RouteKeys:
+    """Route-key strings from their parts, remembered: one dict lookup per
+    sample instead of two f-strings and a kind normalisation."""
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.known: dict[RouteParts, str] = {}
+        self.limit = limit
+
+    def __call__(self, parts: list[RouteParts]) -> list[str]:
+        known = self.known
+        out: list[str | None] = list(map(known.get, parts))
+        if None in out:
+            if len(known) > self.limit:
+                known.clear()  # a bound, not an eviction policy: rebuilt on demand
+            for i, key in enumerate(out):
+                if key is None:
+                    ns, kind, workload, direction, route = parts[i]
+                    key = make_route_key(make_workload_key(ns, kind, workload), direction, route)
+                    out[i] = known[parts[i]] = key
+        return out  # type: ignore[return-value]  # no None left
 
 
 def observations(det: RouteDetector, samples: Sequence[GoldenSample]) -> Observations:
-    # A C-level attribute sweep per column; numpy turns None (a missing
-    # quantile or TTL) into NaN for float64. One list per column, not one
-    # tuple per sample: no extra container objects for the cyclic GC to
-    # count and scan while a decoded batch is alive.
-    buckets, bounds = _buckets(samples)
+    """Observations of GoldenSamples (see :func:`observations_of`)."""
+    return observations_of(det, columnar.from_samples(list(samples)), route_keys(samples))
+
+
+def observations_of(det: RouteDetector, cols: GoldenColumns, keys: list[str]) -> Observations:
+    """Column views, no per-sample work: a missing quantile or TTL is NaN."""
+    c = cols.col
     return Observations(
-        rows=det.rows_for(route_keys(samples)),
-        **{name: np.array(list(map(get, samples)), dtype=np.float64) for name, get in _GETTERS},
-        buckets=buckets,
-        bounds=bounds,
+        rows=det.rows_for(keys),
+        window_end=c("window_end"),
+        requests=c("requests"),
+        failures=c("failures"),
+        p50_ms=c("p50_ms"),
+        p95_ms=c("p95_ms"),
+        p99_ms=c("p99_ms"),
+        tls_failures=c("tls_failures"),
+        plaintext=c("plaintext_requests"),
+        mtls=c("mtls_requests"),
+        cert_ttl=c("cert_ttl_seconds"),
+        window_seconds=c("window_seconds"),
+        buckets=cols.buckets,
+        bounds=cols.bounds,
     )
-
-
-def _buckets(samples: Sequence[GoldenSample]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-bucket latency counts (zeros when absent), and per-row bounds when any
-    sample names a layout other than the default (padded with empty +Inf buckets)."""
-    width = max(
-        [len(DEFAULT_BOUNDS_MS)]
-        + [len(s.latency_bounds_ms) for s in samples if s.latency_bounds_ms and s.latency_buckets]
-    )
-    out = np.zeros((len(samples), width))
-    custom = False
-    bounds = np.full((len(samples), width), np.inf)
-    bounds[:, : len(DEFAULT_BOUNDS_MS)] = DEFAULT_BOUNDS_MS
-    for i, s in enumerate(samples):
-        if not s.latency_buckets:
-            continue
-        n = len(s.latency_buckets)
-        out[i, :n] = s.latency_buckets
-        if s.latency_bounds_ms is not None:
-            custom = True
-            bounds[i] = np.inf
-            bounds[i, :n] = s.latency_bounds_ms
-    return out, (bounds if custom else None)
 
 
 class DetectionEngine:
@@ -138,6 +129,9 @@ class DetectionEngine:
         self.cfg = cfg
         self.detector = RouteDetector(params_from_config(cfg))
         self.samples_seen = 0
+        self._keys = RouteKeys()
+        #: trained models joined to the baselines' scores (pipeline/detect/scoring.py)
+        self.scoring = ModelScoring()
 
     def process(
         self, batches: Sequence[GoldenBatch], points: list[dict[str, Any]] | None = None
@@ -151,12 +145,22 @@ class DetectionEngine:
     ) -> list[Finding]:
         if not samples:
             return []
-        self.samples_seen += len(samples)
+        return self.process_columns(columnar.from_samples(list(samples)), points)
+
+    def process_columns(
+        self, cols: GoldenColumns, points: list[dict[str, Any]] | None = None
+    ) -> list[Finding]:
+        """The hot path: a poll batch as columns; sample objects are touched
+        only for the routes that produce a finding."""
+        if not len(cols):
+            return []
+        self.samples_seen += len(cols)
         det = self.detector
-        obs = observations(det, samples)
+        keys = self._keys(cols.keys)
+        obs = observations_of(det, cols, keys)
         verdicts = det.process(obs)
         if points is not None:
-            self._points(samples, obs, verdicts, points)
+            self._points(keys, obs, verdicts, points)
         findings: list[Finding] = []
         for kind in KINDS:
             v = verdicts.kinds.get(kind)
@@ -167,7 +171,7 @@ class DetectionEngine:
                 status = "firing" if v.fired[pos] else "resolved"
                 findings.append(
                     self._finding(
-                        samples[i],
+                        cols.model(i),
                         int(obs.rows[i]),
                         kind,
                         status,
@@ -181,7 +185,7 @@ class DetectionEngine:
 
     def _points(
         self,
-        samples: Sequence[GoldenSample],
+        keys: list[str],
         obs: Observations,
         verdicts: Verdicts,
         points: list[dict[str, Any]],
@@ -194,11 +198,10 @@ class DetectionEngine:
             firing = det.persistence[kind].firing
             for pos in np.flatnonzero(v.judged | v.fired | v.resolved):
                 i = int(verdicts.index[pos])
-                s = samples[i]
                 points.append(
                     {
-                        "route_key": s.route_key,
-                        "window_end": s.window_end,
+                        "route_key": keys[i],
+                        "window_end": float(obs.window_end[i]),
                         "kind": kind,
                         "score": float(v.score[pos]),
                         "anomalous": bool(v.anomalous[pos]),
@@ -254,6 +257,7 @@ class DetectionEngine:
             suspect_pod=suspect_pod(s, kind),
             model=MODEL_NAME,
             model_version=MODEL_VERSION,
+            learned_model_version=self.scoring.version,
             explanation=explain(kind, status, observed, lo, hi, s),
         )
 
