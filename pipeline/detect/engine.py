@@ -134,11 +134,23 @@ class DetectionEngine:
         self.scoring = ModelScoring()
 
     def process(
-        self, batches: Sequence[GoldenBatch], points: list[dict[str, Any]] | None = None
+        self,
+        batches: Sequence[GoldenBatch | columnar.FastGolden],
+        points: list[dict[str, Any]] | None = None,
     ) -> list[Finding]:
         """Judge a poll batch; with ``points``, also append one record per judged
-        route-window-kind (score, verdict, observed value, expected band, state)."""
-        return self.process_samples([s for b in batches for s in b.samples], points)
+        route-window-kind (score, verdict, observed value, expected band, state).
+
+        Raises ValueError if a fast-decoded message fails the batch-wide checks
+        (the stage uses :meth:`process_decoded`, which dead-letters it instead).
+        """
+        slow = [b for b in batches if isinstance(b, GoldenBatch)]
+        if len(slow) == len(batches):
+            return self.process_samples([s for b in slow for s in b.samples], points)
+        cols, rejected = columnar.columns(batches)
+        if rejected:
+            raise ValueError("; ".join(f"message {r.position}: {r.error}" for r in rejected))
+        return self.process_columns(cols, points)
 
     def process_samples(
         self, samples: Sequence[GoldenSample], points: list[dict[str, Any]] | None = None
@@ -146,6 +158,18 @@ class DetectionEngine:
         if not samples:
             return []
         return self.process_columns(columnar.from_samples(list(samples)), points)
+
+    #: per message, see :func:`columnar.decode_golden`
+    decode = staticmethod(columnar.decode_golden)
+    dead_letters = staticmethod(columnar.dead_letters)
+
+    def process_decoded(
+        self, decoded: Sequence[columnar.Decoded]
+    ) -> tuple[list[Finding], list[columnar.Rejected]]:
+        """A poll batch of :func:`columnar.decode_golden` results: the findings,
+        and the messages the batch-wide checks refused (for the DLQ)."""
+        cols, rejected = columnar.columns(decoded)
+        return self.process_columns(cols), rejected
 
     def process_columns(
         self, cols: GoldenColumns, points: list[dict[str, Any]] | None = None
@@ -158,7 +182,7 @@ class DetectionEngine:
         det = self.detector
         keys = self._keys(cols.keys)
         obs = observations_of(det, cols, keys)
-        verdicts = det.process(obs)
+        verdicts = self.scoring.apply(det, obs, det.process(obs))
         if points is not None:
             self._points(keys, obs, verdicts, points)
         findings: list[Finding] = []

@@ -9,7 +9,7 @@ from kafka import TopicPartition
 
 from pipeline.config import MeshwatchConfig
 from pipeline.detect.engine import DetectionEngine
-from pipeline.schema import Finding, GoldenBatch, decode, encode
+from pipeline.schema import Finding, encode
 from pipeline.stage.loop import Inbound, Output
 
 
@@ -23,16 +23,19 @@ class DetectorProcessor:
         self.fired = 0
         self.resolved = 0
 
-    def decode(self, raw: bytes) -> GoldenBatch:
-        return decode(GoldenBatch, raw)
+    def decode(self, raw: bytes) -> Any:
+        # msgspec into plain structs; pydantic for what that does not accept
+        # (and for the precise error of an invalid message).
+        return self.engine.decode(raw)
 
     def process(self, batch: Sequence[Inbound[Any]]) -> Iterable[Output]:
-        findings = self.engine.process([item.value for item in batch])
+        findings, rejected = self.engine.process_decoded([item.value for item in batch])
         topic = self.cfg.topics.findings
         self.findings = (self.findings + findings)[-100:]
         self.fired += sum(f.status == "firing" for f in findings)
         self.resolved += sum(f.status == "resolved" for f in findings)
-        return [Output(topic, f.route_key.encode(), encode(f)) for f in findings]
+        out = [Output(topic, f.route_key.encode(), encode(f)) for f in findings]
+        return out + self.engine.dead_letters(self.name, self.cfg.topics.dlq, batch, rejected)
 
     def on_assign(self, partitions: Sequence[TopicPartition]) -> Iterable[Output]:
         return ()
