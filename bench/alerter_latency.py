@@ -63,7 +63,7 @@ def findings(n: int, tag: str) -> list[tuple[str, bytes, bytes]]:
             started_at=T0,
         )
         nid = f"{f.fingerprint}:firing:{f.started_at:.3f}"
-        out.append((nid, f.route_key.encode(), encode(f)))
+        out.append((nid, f.workload_key.encode(), encode(f)))
     return out
 
 

@@ -106,7 +106,7 @@ class Mesh:
             )
             if status == "resolved":
                 route.started = 0.0
-            return f.route_key.encode(), encode(f)
+            return f.workload_key.encode(), encode(f)
 
 
 def most_in_one_second(times: list[float]) -> int:

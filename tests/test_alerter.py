@@ -105,7 +105,7 @@ def test_one_alert_one_resolve_and_no_duplicates_after_a_replay(
 ) -> None:
     with ReceiverThread(WebhookReceiver()) as rx:
         cfg = alerter_cfg(kafka_cfg, rx.url)
-        key = firing(T0).route_key.encode()
+        key = firing(T0).workload_key.encode()
         running = RunningAlerter(cfg, "alerter")
         try:
             # a replayed finding (the same one twice) is one finding
@@ -140,7 +140,7 @@ def test_a_rejecting_sink_sends_the_finding_to_the_dlq(kafka_cfg: MeshwatchConfi
         rx_obj.refuse(times=10, status=400)
         cfg = alerter_cfg(kafka_cfg, rx.url)
         f = firing(T0 + 10)
-        produce(cfg, cfg.topics.findings, [(f.route_key.encode(), encode(f))])
+        produce(cfg, cfg.topics.findings, [(f.workload_key.encode(), encode(f))])
         processor, _ = run_alerter(cfg, "alerter", lambda: len(rx.requests()) >= 1)
         dlq = read_records(cfg, cfg.topics.dlq, lambda r: len(r) >= 1)
         letter = decode(DeadLetter, dlq[0].value)

@@ -88,7 +88,7 @@ def stream(
     kill_after = set(rng.sample(range(2, len(findings) - 1), kills))
     pace = threading.Event()  # never set: a pause between sends, not a wait for an event
     for i, f in enumerate(findings):
-        produce(cfg, cfg.topics.findings, [(f.route_key.encode(), encode(f))])
+        produce(cfg, cfg.topics.findings, [(f.workload_key.encode(), encode(f))])
         pace.wait(rng.uniform(0.0, 0.08))
         if i in kill_after:
             alerter.kill()

@@ -50,7 +50,7 @@ def per_incident(cfg: MeshwatchConfig, url: str, **alerter: object) -> Meshwatch
 
 
 def send(cfg: MeshwatchConfig, *findings: Finding) -> None:
-    produce(cfg, cfg.topics.findings, [(f.route_key.encode(), encode(f)) for f in findings])
+    produce(cfg, cfg.topics.findings, [(f.workload_key.encode(), encode(f)) for f in findings])
 
 
 def outbox_keys(cfg: MeshwatchConfig, n: int) -> set[str]:

@@ -22,7 +22,11 @@ acknowledged outbox record, and the findings are committed.
 Incidents and outbox entries are co-partitioned with findings (same
 partition number), so a replica that is assigned findings partition p
 restores exactly incidents partition p — its incidents and its pending
-notices — and nothing else.
+notices — and nothing else. Findings are keyed by workload
+(``namespace/kind/workload``), so every incident of one workload, and hence
+each group of the default ``group_by``, lives on one partition and is told
+by one replica; a ``group_by`` coarser than the workload (namespace alone)
+can still span replicas (docs/sinks.md, "Grouping and replicas").
 """
 
 from __future__ import annotations
@@ -205,6 +209,12 @@ class AlerterProcessor:
             if change is None:
                 continue
             inc = change.incident
+            moved_from = self._partition_of.get(inc.fingerprint, item.partition)
+            if moved_from != item.partition:
+                # Its findings now come on another partition (findings were
+                # keyed by route in earlier versions): the record follows them, and
+                # the old copy is removed so no restore can read it back.
+                self._send(inc.fingerprint, None, self._partition_for(inc.fingerprint))
             self._partition_of[inc.fingerprint] = item.partition
             self._dirty.add(inc.fingerprint)
             if change.superseded is not None:

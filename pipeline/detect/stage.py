@@ -34,7 +34,7 @@ class DetectorProcessor:
         self.findings = (self.findings + findings)[-100:]
         self.fired += sum(f.status == "firing" for f in findings)
         self.resolved += sum(f.status == "resolved" for f in findings)
-        out = [Output(topic, f.route_key.encode(), encode(f)) for f in findings]
+        out = [Output(topic, f.workload_key.encode(), encode(f)) for f in findings]
         return out + self.engine.dead_letters(self.name, self.cfg.topics.dlq, batch, rejected)
 
     def on_assign(self, partitions: Sequence[TopicPartition]) -> Iterable[Output]:
