@@ -2,20 +2,25 @@
 
 Loads W windows × N routes as GoldenBatches (K routes per workload message)
 onto the golden topic of an embedded broker (not timed), then measures in
-this one process, on the same messages:
+this one process, on the same messages, alternating:
 
-  (a) reference   a plain kafka-python group consumer that polls and runs
-                  ``decode(GoldenBatch, raw)`` on every message, nothing else;
-  (b) detector    the real ``StageRunner`` + ``DetectorProcessor`` in a fresh
+  (a)  reference  a plain kafka-python group consumer that polls and decodes
+                  every poll batch exactly as the stage does (msgspec per
+                  message, then the batch-wide columns and checks of
+                  ``pipeline.detect.columnar``), nothing else;
+  (a') reference  the same consumer decoding with pydantic
+                  (``decode(GoldenBatch, raw)``), the stage's decoder before;
+  (b)  detector   the real ``StageRunner`` + ``DetectorProcessor`` in a fresh
                   group: decode, detect, produce findings, flush, commit;
-  (c) engine      ``DetectionEngine.process`` alone on pre-decoded batches of
-                  the size the stage polled (no Kafka, no decoding);
-  (d) decode      ``decode(GoldenBatch, raw)`` alone (no Kafka), next to a
-                  bare ``orjson.loads`` to show what validation costs.
+  (c)  engine     ``DetectionEngine.process_columns`` alone on pre-decoded
+                  columns of poll-sized batches (no Kafka, no decoding);
+  (d)  decode     the stage's decoding alone (no Kafka), next to pydantic and
+                  a bare ``orjson.loads``.
 
-Rates are route-samples per second; (b)/(a) is the number that carries to
-other machines. A run is timed from the first non-empty poll to the last
-record handled, so the consumer-group join is left out on both sides.
+Both consumers pause the cyclic GC while a poll batch is in hand, as the
+stage loop does. Rates are route-samples per second; (b)/(a) is the number
+that carries to other machines. A run is timed from the first non-empty poll
+to the last record handled, so the consumer-group join is left out.
 
     python bench/detector_rate.py                        # N=5000, W=20, K=20
     python bench/detector_rate.py --routes 20000 --windows 10 --routes-per-batch 50
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import threading
 import time
 import uuid
@@ -46,6 +52,7 @@ from common import (
 )
 
 from pipeline.config import MeshwatchConfig
+from pipeline.detect import columnar
 from pipeline.detect.engine import DetectionEngine
 from pipeline.detect.stage import DetectorProcessor
 from pipeline.kafka.clients import make_consumer
@@ -70,13 +77,19 @@ class Run:
 # -- (a) the reference ------------------------------------------------------------
 
 
-def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float) -> Run:
-    """A plain group consumer, same client settings, that only decodes."""
+def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float, *, fast: bool) -> Run:
+    """A plain group consumer, same client settings, that only decodes.
+
+    ``fast``: the stage's own decoding (per message, then the poll batch into
+    columns); otherwise pydantic per message.
+    """
     consumer = make_consumer(cfg.kafka, "bench-ref", f"bench-ref-{uuid.uuid4().hex[:6]}")
     consumer.subscribe([cfg.topics.golden])
     seen = samples = polls = 0
     first: float | None = None
     deadline = time.monotonic() + timeout
+    gc.collect()
+    gc.freeze()
     try:
         while seen < expected:
             if time.monotonic() > deadline:
@@ -89,12 +102,22 @@ def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float) -> Ru
             if first is None:
                 first = time.perf_counter()
             polls += 1
-            for records in polled.values():
-                for r in records:
-                    samples += len(decode(GoldenBatch, r.value).samples)
-                    seen += 1
+            gc.disable()
+            try:
+                records = [r for batch in polled.values() for r in batch]
+                if fast:
+                    cols, _ = columnar.columns([columnar.decode_golden(r.value) for r in records])
+                    samples += len(cols)
+                else:
+                    for r in records:
+                        samples += len(decode(GoldenBatch, r.value).samples)
+                seen += len(records)
+                del records
+            finally:
+                gc.enable()
         took = time.perf_counter() - (first or 0.0)
     finally:
+        gc.unfreeze()
         consumer.close(autocommit=False)
     return Run(took, seen, samples, polls)
 
@@ -130,61 +153,33 @@ class GcClock:
 
 
 class _TimedRunner(StageRunner):
-    """The real loop, clocked from its first batch to the batch that ends the data.
-
-    With ``pause_gc`` it also tries what the loop could do about the cyclic
-    collector: ``gc.freeze()`` once before the loop (start-up objects are
-    never scanned again) and automatic collection paused while one batch is
-    in hand (a decoded batch is tens of thousands of live container objects
-    that every collection would otherwise walk; they die by refcount at the
-    end of the batch).
-    """
+    """The real loop, clocked from its first batch to the batch that ends the data."""
 
     expected = 0
     first: float | None = None
     last: float | None = None
-    pause_gc = False
     gc_clock: GcClock
     batch_sizes: list[int]
-
-    def run(self) -> None:
-        if self.pause_gc:
-            gc.collect()
-            gc.freeze()
-        try:
-            super().run()
-        finally:
-            if self.pause_gc:
-                gc.unfreeze()
 
     def _handle(self, records: Sequence[Any]) -> None:
         if self.first is None:
             self.first = time.perf_counter()
             self.gc_clock.on = True
         self.batch_sizes.append(len(records))
-        if self.pause_gc:
-            gc.disable()
-        try:
-            super()._handle(records)
-        finally:
-            if self.pause_gc:
-                gc.enable()
+        super()._handle(records)
         if self.stats.consumed >= self.expected:
             self.last = time.perf_counter()
             self.gc_clock.on = False
             self.stop()
 
 
-def detector_stage(
-    cfg: MeshwatchConfig, expected: int, timeout: float, *, pause_gc: bool = False
-) -> Run:
+def detector_stage(cfg: MeshwatchConfig, expected: int, timeout: float) -> Run:
     processor = DetectorProcessor(cfg)
     runner = _TimedRunner(
         cfg, processor, cfg.topics.golden, f"bench-detector-{uuid.uuid4().hex[:6]}"
     )
     runner.expected = expected
     runner.batch_sizes = []
-    runner.pause_gc = pause_gc
     timer = threading.Timer(timeout, runner.stop)
     timer.daemon = True
     timer.start()
@@ -220,28 +215,37 @@ def detector_stage(
 
 
 def engine_only(cfg: MeshwatchConfig, raws: list[bytes], chunk: int) -> Run:
-    """DetectionEngine.process on pre-decoded poll-sized batches, same order."""
+    """DetectionEngine.process_columns on pre-decoded poll-sized batches, same order."""
     engine = DetectionEngine(cfg.detector)
     took = 0.0
     findings = 0
     for i in range(0, len(raws), chunk):
-        batches = [decode(GoldenBatch, r) for r in raws[i : i + chunk]]  # not timed
+        cols, _ = columnar.columns([columnar.decode_golden(r) for r in raws[i : i + chunk]])
         t = time.perf_counter()
-        findings += len(engine.process(batches))
+        findings += len(engine.process_columns(cols))
         took += time.perf_counter() - t
     return Run(took, len(raws), engine.samples_seen, extra={"findings": findings})
 
 
-def decode_only(raws: list[bytes], samples: int) -> tuple[Run, Run]:
-    t = time.perf_counter()
-    for r in raws:
-        decode(GoldenBatch, r)
-    pyd = time.perf_counter() - t
-    t = time.perf_counter()
-    for r in raws:
-        orjson.loads(r)
-    js = time.perf_counter() - t
-    return Run(pyd, len(raws), samples), Run(js, len(raws), samples)
+def decode_only(raws: list[bytes], samples: int, chunk: int) -> tuple[Run, Run, Run]:
+    """(stage's decoding, pydantic, orjson.loads) over all messages, GC paused
+    per poll-sized chunk as in the loop."""
+
+    def timed(fn: Any) -> float:
+        gc.disable()
+        try:
+            t = time.perf_counter()
+            for i in range(0, len(raws), chunk):
+                fn(raws[i : i + chunk])
+            return time.perf_counter() - t
+        finally:
+            gc.enable()
+
+    fast = timed(lambda rs: columnar.columns([columnar.decode_golden(r) for r in rs]))
+    pyd = timed(lambda rs: [decode(GoldenBatch, r) for r in rs])
+    js = timed(lambda rs: [orjson.loads(r) for r in rs])
+    n = len(raws)
+    return Run(fast, n, samples), Run(pyd, n, samples), Run(js, n, samples)
 
 
 # -- main ----------------------------------------------------------------------------
@@ -266,9 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=3,
         help="alternate every measurement this many times (default 3)",
-    )
-    ap.add_argument(
-        "--no-gc-variant", action="store_true", help="skip (b'), the stage with the GC paused"
     )
     ap.add_argument("--bootstrap", help="use this broker instead of starting Tansu")
     ap.add_argument("--profile", metavar="FILE", help="cProfile the detector stage run into FILE")
@@ -313,13 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_before, _ = rss_mib()
 
         refs: list[Run] = []
+        pyds: list[Run] = []
         dets: list[Run] = []
-        gcvs: list[Run] = []
         engs: list[Run] = []
-        decs: list[tuple[Run, Run]] = []
+        decs: list[tuple[Run, Run, Run]] = []
+        load = [os.getloadavg()[0]]
         for rep in range(args.repeat):
             # Alternate every measurement, so drift on a shared machine hits all alike.
-            refs.append(reference_consume(cfg, n_msgs, args.timeout))
+            refs.append(reference_consume(cfg, n_msgs, args.timeout, fast=True))
             if args.profile and rep == 0:
                 import cProfile
 
@@ -330,92 +332,71 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prof.dump_stats(args.profile)
             else:
                 dets.append(detector_stage(cfg, n_msgs, args.timeout))
-            if not args.no_gc_variant:
-                gcvs.append(detector_stage(cfg, n_msgs, args.timeout, pause_gc=True))
+            pyds.append(reference_consume(cfg, n_msgs, args.timeout, fast=False))
             chunk = max(1, round(dets[0].extra["mean_batch"]))
             engs.append(engine_only(cfg, raws, chunk))
-            decs.append(decode_only(raws, n_samples))
+            decs.append(decode_only(raws, n_samples, chunk))
+            load.append(os.getloadavg()[0])
         _, peak = rss_mib()
 
     ref = max(refs, key=lambda r: r.rate)
+    pyd_ref = max(pyds, key=lambda r: r.rate)
     det = max(dets, key=lambda r: r.rate)
     eng = max(engs, key=lambda r: r.rate)
-    dec = max((d for d, _ in decs), key=lambda r: r.rate)
-    js = max((j for _, j in decs), key=lambda r: r.rate)
+    dec = max((d[0] for d in decs), key=lambda r: r.rate)
+    pyd = max((d[1] for d in decs), key=lambda r: r.rate)
+    js = max((d[2] for d in decs), key=lambda r: r.rate)
 
     def line(label: str, run: Run, note: str = "") -> None:
         print(
-            f"  {label:<38} {fmt_rate(run.rate):>10} samples/s  "
+            f"  {label:<44} {fmt_rate(run.rate):>10} samples/s  "
             f"{fmt_rate(run.messages / run.seconds):>8} msgs/s  {run.seconds:6.2f} s  {note}"
         )
 
     print()
     print(f"route-samples per second (best of {args.repeat}):")
-    line("(a) reference: consume + decode", ref, f"{ref.polls} polls")
+    line("(a)  reference: consume + decode (stage's)", ref, f"{ref.polls} polls")
+    line("(a') reference: consume + decode (pydantic)", pyd_ref, f"{pyd_ref.polls} polls")
     line(
-        "(b) detector stage end to end",
+        "(b)  detector stage end to end",
         det,
         f"{det.polls} batches of ~{det.extra['mean_batch']:.0f} msgs, "
         f"{det.extra['findings']} findings, {det.extra['dead_lettered']} DLQ",
     )
-    if gcvs:
-        gcv = max(gcvs, key=lambda r: r.rate)
-        line(
-            "(b') same, GC frozen + paused per batch",
-            gcv,
-            f"{gcv.polls} batches of ~{gcv.extra['mean_batch']:.0f} msgs, "
-            f"{gcv.extra['findings']} findings",
-        )
-    line(f"(c) engine alone ({chunk} msgs/call)", eng, f"{eng.extra['findings']} findings")
-    line("(d) decode alone (pydantic)", dec)
-    line("    json parse alone (orjson.loads)", js)
+    line(f"(c)  engine alone ({chunk} msgs/call)", eng, f"{eng.extra['findings']} findings")
+    line("(d)  decode alone (msgspec + columns)", dec)
+    line("     decode alone (pydantic)", pyd)
+    line("     json parse alone (orjson.loads)", js)
     if args.repeat > 1:
+
+        def rates(runs: Sequence[Run]) -> str:
+            return ", ".join(fmt_rate(r.rate) for r in runs)
+
         print(
-            "  all runs (a):",
-            ", ".join(fmt_rate(r.rate) for r in refs),
-            " (b):",
-            ", ".join(fmt_rate(r.rate) for r in dets),
-            " (b'):",
-            ", ".join(fmt_rate(r.rate) for r in gcvs) or "-",
-            " (c):",
-            ", ".join(fmt_rate(r.rate) for r in engs),
-            " (d):",
-            ", ".join(fmt_rate(d.rate) for d, _ in decs),
+            f"  all runs (a): {rates(refs)}  (a'): {rates(pyds)}  (b): {rates(dets)}  "
+            f"(c): {rates(engs)}  (d): {rates([d[0] for d in decs])}"
         )
+    us = 1e6 / n_samples
+    stage_us = det.seconds * us
+    kafka_us = max(0.0, ref.seconds * us - dec.seconds * us)
+    gc_us = sum(det.extra["gc_seconds"]) * us
+    rest = stage_us - dec.seconds * us - eng.seconds * us - kafka_us - gc_us
     print()
-    print(f"ratio (b)/(a) detector / reference consumer: {det.rate / ref.rate:.2f}")
-    if gcvs:
-        print(f"ratio (b')/(a) with the GC paused per batch: {gcv.rate / ref.rate:.2f}")
-    per_sample = {
-        "decode (d)": dec.seconds / n_samples,
-        "engine (c)": eng.seconds / n_samples,
-    }
-    stage_us = det.seconds / n_samples * 1e6
-    kafka_us = max(0.0, ref.seconds / n_samples * 1e6 - per_sample["decode (d)"] * 1e6)
-    gc_us = sum(det.extra["gc_seconds"]) / n_samples * 1e6
-    rest = stage_us - sum(v * 1e6 for v in per_sample.values()) - kafka_us - gc_us
     print(
-        f"where (b)'s {stage_us:.1f} µs/sample goes: decode {per_sample['decode (d)'] * 1e6:.1f}, "
-        f"engine {per_sample['engine (c)'] * 1e6:.1f}, cyclic GC {gc_us:.1f}, "
+        f"where (b)'s {stage_us:.1f} µs/sample goes: decode {dec.seconds * us:.1f}, "
+        f"engine {eng.seconds * us:.1f}, cyclic GC {gc_us:.1f}, "
         f"kafka fetch ≈{kafka_us:.1f} (a − d), rest (produce/commit/loop/frees) ≈{rest:.1f}"
     )
-    gs, gn = det.extra["gc_seconds"], det.extra["gc_count"]
     print(
-        "cyclic GC during (b): "
-        + ", ".join(f"gen{g} {gn[g]}× {gs[g]:.2f} s" for g in range(3))
-        + f" = {sum(gs):.2f} s of {det.seconds:.2f} s ({sum(gs) / det.seconds:.0%})"
+        f"decode per sample: stage's {dec.seconds * us:.1f} µs, pydantic {pyd.seconds * us:.1f} µs "
+        f"({pyd.seconds / dec.seconds:.1f}×), orjson.loads alone {js.seconds * us:.1f} µs"
     )
-    print(
-        f"validation share of decode: {(1 - js.seconds / dec.seconds):.0%} "
-        f"(orjson alone {js.seconds / n_samples * 1e6:.1f} µs/sample)"
-    )
-    print()
     per_route = det.extra["state_bytes_per_route"]
     routes, capacity = det.extra["routes"], det.extra["state_capacity"]
     print(
-        f"detector state: {per_route:.0f} bytes per route seen "
-        f"(RouteDetector.state_bytes_per_route(), spare rows included); "
-        f"{routes} routes in {capacity} allocated rows = {per_route * routes / 2**20:.1f} MiB"
+        f"detector state: {per_route:.0f} bytes per allocated row "
+        f"(RouteDetector.state_bytes_per_route()); {routes} routes in {capacity} rows "
+        f"= {per_route * capacity / 2**20:.1f} MiB (bench/detector_memory.py measures 100k routes)"
     )
     print(
         f"RSS: {rss_before:.0f} MiB before the runs (holds the {size / 2**20:.0f} MiB of raw "
@@ -423,7 +404,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.profile:
         print(f"cProfile of (b) written to {args.profile}")
+
+    ratio = det.rate / ref.rate
+    print()
+    print("SUMMARY (issue 4 targets: (b) >= 100,000 route-samples/s and (b)/(a) >= 0.70)")
+    print(f"  load average during the runs: {', '.join(f'{x:.1f}' for x in load)} on {cpus()} CPUs")
+    print(
+        f"  (b) detector end to end      {fmt_rate(det.rate):>10} route-samples/s  "
+        f"{'PASS' if det.rate >= 100_000 else 'FAIL'}"
+    )
+    print(
+        f"  (b)/(a)  vs consume+decode as the stage decodes   {ratio:5.2f}  "
+        f"{'PASS' if ratio >= 0.7 else 'FAIL'}"
+    )
+    print(f"  (b)/(a') vs consume+decode with pydantic          {det.rate / pyd_ref.rate:5.2f}")
     return 0
+
+
+def cpus() -> int:
+    return os.cpu_count() or 1
 
 
 if __name__ == "__main__":
