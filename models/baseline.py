@@ -45,7 +45,7 @@ class RobustBaseline:
         self.min_spread = np.broadcast_to(np.asarray(min_spread, dtype=np.float64), (n_metrics,))
         self.level = np.zeros((capacity, n_metrics))
         self.spread = np.zeros((capacity, n_metrics))
-        self.count = np.zeros((capacity, n_metrics), dtype=np.int64)
+        self.count = np.zeros((capacity, n_metrics), dtype=np.int32)  # windows learned
 
     @property
     def capacity(self) -> int:
@@ -54,11 +54,11 @@ class RobustBaseline:
     def grow(self, rows: int) -> None:
         if rows <= self.capacity:
             return
-        new = max(rows, 2 * self.capacity)
+        new = max(rows, self.capacity + self.capacity // 4)
         pad = new - self.capacity
         self.level = np.vstack([self.level, np.zeros((pad, self.n_metrics))])
         self.spread = np.vstack([self.spread, np.zeros((pad, self.n_metrics))])
-        self.count = np.vstack([self.count, np.zeros((pad, self.n_metrics), dtype=np.int64)])
+        self.count = np.vstack([self.count, np.zeros((pad, self.n_metrics), dtype=np.int32)])
 
     def effective_spread(self, rows: IntArray) -> FloatArray:
         return np.maximum(self.spread[rows], self.min_spread)

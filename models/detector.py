@@ -261,16 +261,19 @@ class RouteDetector:
         self.persistence = {
             k: Persistence(p.fire_after, p.fire_window, p.resolve_after, capacity) for k in KINDS
         }
-        self.windows = np.zeros(capacity, dtype=np.int64)
+        # Sized for 100k+ routes per instance (<= 2 KB each, spare rows
+        # included): counters are int32, evidence (display only) float32;
+        # levels, spreads, run sums and timestamps stay float64.
+        self.windows = np.zeros(capacity, dtype=np.int32)
         self.last_window = np.full(capacity, -np.inf)
         #: window end of the first anomalous window of the current streak
         self.started = np.zeros((capacity, len(KINDS)))
         k = p.evidence_points
-        self.evidence = np.full((capacity, len(KINDS), k), np.nan)
+        self.evidence = np.full((capacity, len(KINDS), k), np.nan, dtype=np.float32)
         self.evidence_t = np.full((capacity, k), np.nan)
         # re-baselining: consecutive anomalous windows per group, and the run's
         # sum, sum of squares and short moving average per metric
-        self.streak = np.zeros((capacity, 2), dtype=np.int64)
+        self.streak = np.zeros((capacity, 2), dtype=np.int32)
         self.run_sum = np.zeros((capacity, N_METRICS))
         self.run_sq = np.zeros((capacity, N_METRICS))
         self.run_recent = np.zeros((capacity, N_METRICS))
@@ -301,7 +304,9 @@ class RouteDetector:
         cap = self.windows.shape[0]
         if n <= cap:
             return
-        new = max(n, 2 * cap)
+        # 1.25×, not 2×: at most a fifth of the rows are spare (memory per
+        # route is a target), for a few more copies while the table grows.
+        new = max(n, cap + cap // 4)
         pad = new - cap
         self.baseline.grow(new)
         for pers in self.persistence.values():

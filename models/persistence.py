@@ -36,16 +36,16 @@ class Persistence:
         self.resolve_after = resolve_after
         self.history = np.zeros(capacity, dtype=np.int64)
         self.firing = np.zeros(capacity, dtype=np.bool_)
-        self.normal_streak = np.zeros(capacity, dtype=np.int64)
+        self.normal_streak = np.zeros(capacity, dtype=np.int32)
 
     def grow(self, rows: int) -> None:
         if rows <= self.history.shape[0]:
             return
-        new = max(rows, 2 * self.history.shape[0])
+        new = max(rows, self.history.shape[0] + self.history.shape[0] // 4)
         pad = new - self.history.shape[0]
         self.history = np.concatenate([self.history, np.zeros(pad, dtype=np.int64)])
         self.firing = np.concatenate([self.firing, np.zeros(pad, dtype=np.bool_)])
-        self.normal_streak = np.concatenate([self.normal_streak, np.zeros(pad, dtype=np.int64)])
+        self.normal_streak = np.concatenate([self.normal_streak, np.zeros(pad, dtype=np.int32)])
 
     def step(
         self, rows: IntArray, anomalous: BoolArray, judged: BoolArray
