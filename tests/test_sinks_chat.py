@@ -252,7 +252,10 @@ def test_google_chat_threads_by_key_and_keeps_the_webhook_credentials() -> None:
             "key": rx.key,
             "token": rx.token,
             "messageReplyOption": "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD",
+            "requestId": first.query["requestId"],
         }
+        # one request id per notice: three notices, three ids
+        assert len({r.query["requestId"] for r in rx.accepted()}) == 3
         keys = {r.payload["thread"]["threadKey"] for r in rx.accepted()}
         assert len(keys) == 1
         # A new occurrence (a new first_seen) starts a thread of its own.
@@ -264,6 +267,23 @@ def test_google_chat_threads_by_key_and_keeps_the_webhook_credentials() -> None:
         )
         outcome = await once(sink, later_n, client)
         assert outcome.refs["thread"] not in {m.thread for m in rx.messages[:3]}
+
+    serve(GoogleChatReceiver(), body)
+
+
+def test_google_chat_a_repeated_request_id_returns_the_first_message() -> None:
+    """A post repeated after its answer was lost (timeout, crash) makes no second message."""
+
+    async def body(rx: GoogleChatReceiver, client: httpx.AsyncClient) -> None:
+        sink = GoogleChatWebhookSink("chat", rx.webhook_url)
+        n = make_notification()
+        first = await once(sink, n, client)
+        again = await once(sink, n, client)  # the same notice, as after a crash
+        assert first.delivered and again.delivered
+        assert len(rx.accepted()) == 2 and len(rx.messages) == 1
+        assert again.refs["thread"] == first.refs["thread"]
+        other = await once(sink, make_notification("resolved"), client)
+        assert other.delivered and len(rx.messages) == 2  # a different notice is posted
 
     serve(GoogleChatReceiver(), body)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import httpx
 
+from pipeline.alert.message import Notification
 from pipeline.alert.sinks import SlackBotApiSink
 from pipeline.alert.sinks.chart import PNG_SIGNATURE
 from pipeline.receivers import Reply
@@ -196,5 +198,85 @@ def test_429_with_retry_after_on_update() -> None:
         )
         assert outcome.delivered
         assert sleep.calls == [3.0]
+
+    serve(SlackApiReceiver(), body)
+
+
+# -- no second post for a notice that may already be in the channel -------------------------
+
+
+def id_sink(rx: SlackApiReceiver) -> SlackBotApiSink:
+    """Configured with the channel ID, which ``conversations.history`` needs."""
+    return SlackBotApiSink("slack", rx.token, CHANNEL, api_url=rx.api_url)
+
+
+def resumed(n: Notification) -> Notification:
+    return dataclasses.replace(n, resumed=True)
+
+
+def test_a_resumed_post_finds_the_message_an_earlier_alerter_made() -> None:
+    async def body(rx: SlackApiReceiver, client: httpx.AsyncClient) -> None:
+        n = make_notification()
+        first = await once(id_sink(rx), n, client)  # then the alerter "crashed"
+        other = await once(id_sink(rx), make_notification(route_key="shop/deploy/api/x"), client)
+        again = await once(id_sink(rx), resumed(n), client)  # a new process, from the outbox
+        assert again.delivered and again.refs == first.refs != other.refs
+        assert len(rx.top_level(CHANNEL)) == 2  # no third message
+        (look,) = rx.calls("conversations.history")
+        assert look.payload["include_all_metadata"] == "true"
+
+    serve(SlackApiReceiver(), body)
+
+
+def test_a_resumed_post_that_never_happened_is_posted_once() -> None:
+    async def body(rx: SlackApiReceiver, client: httpx.AsyncClient) -> None:
+        outcome = await once(id_sink(rx), resumed(make_notification()), client)
+        assert outcome.delivered and len(rx.top_level(CHANNEL)) == 1
+        assert len(rx.calls("conversations.history")) == 1
+
+    serve(SlackApiReceiver(), body)
+
+
+def test_a_post_without_a_clear_answer_is_looked_up_before_the_retry() -> None:
+    async def body(rx: SlackApiReceiver, client: httpx.AsyncClient) -> None:
+        rx.fail_on("chat.postMessage", 503)
+        outcome = await once(id_sink(rx), make_notification(), client)
+        assert outcome.delivered and outcome.attempts == 2
+        assert len(rx.calls("conversations.history")) == 1  # looked, found none, posted
+        assert len(rx.top_level(CHANNEL)) == 1
+        # a plain first post does not look at all
+        await once(id_sink(rx), make_notification(route_key="shop/deploy/api/y"), client)
+        assert len(rx.calls("conversations.history")) == 1
+
+    serve(SlackApiReceiver(), body)
+
+
+def test_a_resumed_thread_reply_is_not_posted_twice() -> None:
+    async def body(rx: SlackApiReceiver, client: httpx.AsyncClient) -> None:
+        s = id_sink(rx)
+        _, refs = await send_all(s, client, ["firing", "resolved"])
+        (parent,) = rx.top_level(CHANNEL)
+        assert len(rx.thread(CHANNEL, parent.ts)) == 1
+        n = with_refs(
+            make_notification("resolved"), "slack", {"channel": CHANNEL, "ts": refs["ts"]}
+        )
+        again = await once(id_sink(rx), resumed(n), client)
+        assert again.delivered and again.refs["last_reply_ts"] == refs["last_reply_ts"]
+        assert len(rx.thread(CHANNEL, parent.ts)) == 1
+        assert len(rx.calls("conversations.replies")) == 1
+
+    serve(SlackApiReceiver(), body)
+
+
+def test_without_a_channel_id_the_lookup_is_skipped_and_the_post_goes_out() -> None:
+    """The documented bound: a channel *name* cannot be read back, so one repeat is possible."""
+
+    async def body(rx: SlackApiReceiver, client: httpx.AsyncClient) -> None:
+        n = make_notification()
+        await once(sink(rx), n, client)
+        again = await once(sink(rx), resumed(n), client)
+        assert again.delivered and len(rx.top_level(CHANNEL)) == 2
+        (look,) = rx.calls("conversations.history")
+        assert look.status == 200 and not look.valid  # channel_not_found, as Slack says
 
     serve(SlackApiReceiver(), body)

@@ -125,6 +125,11 @@ class Notification:
     reason: str = ""
     #: The group's defining labels (e.g. namespace and workload), if grouped.
     group_labels: dict[str, str] = field(default_factory=dict)
+    #: An earlier alerter may already have delivered this very notice: it
+    #: was restored from the outbox after a restart (the crash may have come
+    #: between the target's answer and the tombstone). Sinks that can ask
+    #: the target whether it exists do so before posting again.
+    resumed: bool = False
 
     def __post_init__(self) -> None:
         if not self.notification_id:

@@ -74,7 +74,9 @@ class OutboxEntry(_Record):
     def lead(self) -> OutboxMember:
         return self.members[0]
 
-    def notification(self, incidents: dict[str, Incident] | None = None) -> Notification:
+    def notification(
+        self, incidents: dict[str, Incident] | None = None, *, resumed: bool = False
+    ) -> Notification:
         """The notification to send, with each member's latest ids from that sink.
 
         A resolve decided while the firing was still waiting carries a
@@ -95,6 +97,7 @@ class OutboxEntry(_Record):
             members=members if self.grouped else (),
             reason=self.reason,
             group_labels=dict(self.group_labels),
+            resumed=resumed,
         )
 
 

@@ -171,6 +171,8 @@ class AlerterProcessor:
         self._queues: dict[str, SinkQueue] = {s.name: SinkQueue() for s in self.sinks}
         self._blocked_until: dict[str, float] = {}
         self._entry_partition: dict[str, int] = {}
+        #: Outbox keys restored after a restart: maybe delivered already.
+        self._resumed: set[str] = set()
         self._seq = 0
         self._partition_of: dict[str, int] = {}
         self._dirty: set[str] = set()
@@ -296,6 +298,7 @@ class AlerterProcessor:
         for queue in self._queues.values():
             keep = [e for e in queue if self._entry_partition.get(e.key) not in gone]
             queue.drop(keep)
+        self._resumed &= {e.key for queue in self._queues.values() for e in queue}
         return ()
 
     def close(self) -> None:
@@ -483,6 +486,7 @@ class AlerterProcessor:
                     self.grouper.place(self.book.incidents[inc.fingerprint], self.clock())
             if self._queues[entry.sink].push(entry):
                 self._entry_partition[entry.key] = partition
+                self._resumed.add(entry.key)
                 self.stats.restored_outbox += 1
 
     # -- delivering ---------------------------------------------------------
@@ -513,7 +517,7 @@ class AlerterProcessor:
                 return
             outcome = await deliver(
                 sink,
-                head.notification(self.book.incidents),
+                head.notification(self.book.incidents, resumed=head.key in self._resumed),
                 self._client,
                 retry,
                 sleep=self._sleep,
@@ -522,6 +526,8 @@ class AlerterProcessor:
                 clock=self.clock,
                 prior_attempts=head.attempts,
             )
+            if outcome.delivered or outcome.permanent:
+                self._resumed.discard(head.key)
             if outcome.delivered:
                 queue.pop()
                 self._checkpoint("sent")

@@ -6,7 +6,10 @@ messages into a thread *only* together with ``messageReplyOption`` in the
 URL: without it every message starts a thread of its own, as in Chat. The
 whole message is at most 32,000 bytes. Answers carry the message ``name``
 and ``thread.name``; errors are Google's ``{"error": {"code", "message",
-"status"}}``.
+"status"}}``. A ``requestId`` query parameter makes the create idempotent,
+as documented for ``spaces.messages.create``: "Specifying an existing request
+ID returns the message created with that ID instead of creating a new
+message."
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ChatMessage:
     thread: str
     thread_key: str | None
     text: str
+    request_id: str | None = None
 
 
 class GoogleChatReceiver(ApiReceiver):
@@ -59,6 +63,7 @@ class GoogleChatReceiver(ApiReceiver):
         self.token = token
         self.messages: list[ChatMessage] = []
         self.threads: dict[str, str] = {}  # threadKey -> thread name
+        self.by_request: dict[str, ChatMessage] = {}  # requestId -> the message it made
         self._ids = Counter()
         super().__init__(**kwargs)
 
@@ -152,7 +157,12 @@ class GoogleChatReceiver(ApiReceiver):
         if option == "REPLY_MESSAGE_OR_FAIL" and key not in self.threads:
             raise RejectedError(Problem("not_found", "thread not found", 404))
 
+        request_id = call.query.get("requestId") or None
+
         def effect() -> Reply:
+            earlier = self.by_request.get(request_id) if request_id else None
+            if earlier is not None:  # the same request again: the message it made, no new one
+                return json_reply(200, {"name": earlier.name, "thread": {"name": earlier.thread}})
             n = self._ids.next()
             if replying and key in self.threads:
                 thread_name = self.threads[key]
@@ -165,8 +175,11 @@ class GoogleChatReceiver(ApiReceiver):
                 thread=thread_name,
                 thread_key=key,
                 text=str(payload.get("text", "")),
+                request_id=request_id,
             )
             self.messages.append(message)
+            if request_id:
+                self.by_request[request_id] = message
             # Webhook answers: the message name and its thread's name.
             return json_reply(200, {"name": message.name, "thread": {"name": thread_name}})
 

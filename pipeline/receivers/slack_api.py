@@ -1,4 +1,5 @@
-"""A stand-in for Slack's Web API: ``chat.postMessage``, ``chat.update``, file uploads.
+"""A stand-in for Slack's Web API: ``chat.postMessage``, ``chat.update``, file uploads,
+``conversations.history`` and ``conversations.replies``.
 
 Answers like Slack (reference §1.2): HTTP 200 with ``{"ok": true, "channel",
 "ts", ...}`` or ``{"ok": false, "error": "..."}``; a missing or wrong bot
@@ -6,6 +7,12 @@ token is ``not_authed`` / ``invalid_auth``; ``chat.update`` needs a channel
 *ID* and an existing ``ts``; a rate limit is HTTP 429 with ``Retry-After``
 and ``ratelimited``. Messages are kept per channel with their thread replies
 and edits, so a test can check that an update landed on the same message.
+
+History and replies take form bodies like Slack's (``channel`` must be an
+ID; ``limit``, ``cursor``, ``include_all_metadata``); history lists top-level
+messages newest first in pages (``has_more``, ``response_metadata.next_cursor``),
+replies the parent then its replies oldest first. Message ``metadata`` is in
+the answer only with ``include_all_metadata=true``, as in Slack.
 
 Stricter than Slack where leniency would hide a bug: a ``thread_ts`` that is
 not a top-level message of the channel is refused (``thread_not_found``)
@@ -131,6 +138,20 @@ class SlackApiReceiver(ApiReceiver):
         self.route("chat.postMessage", "POST", "/api/chat.postMessage", self._post_message)
         self.route("chat.update", "POST", "/api/chat.update", self._update)
         self.route(
+            "conversations.history",
+            "POST",
+            "/api/conversations.history",
+            self._history,
+            body="form",
+        )
+        self.route(
+            "conversations.replies",
+            "POST",
+            "/api/conversations.replies",
+            self._replies,
+            body="form",
+        )
+        self.route(
             "files.getUploadURLExternal",
             "POST",
             "/api/files.getUploadURLExternal",
@@ -224,6 +245,66 @@ class SlackApiReceiver(ApiReceiver):
                 "ts": ts,
                 "message": self._message_json(message),
                 **warnings,
+            }
+            return json_reply(200, body)
+
+        return effect
+
+    @staticmethod
+    def _limit(form: dict[str, str], default: int) -> int:
+        try:
+            limit = int(form.get("limit", default))
+        except ValueError:
+            raise RejectedError(Problem("invalid_limit", "limit: not a number")) from None
+        if not 1 <= limit <= 1000:
+            raise RejectedError(Problem("invalid_limit", f"limit {limit}: 1..1000"))
+        return limit
+
+    def _listed(self, m: SlackMessage, form: dict[str, str]) -> dict[str, Any]:
+        out = self._message_json(m)
+        if form.get("include_all_metadata") in ("true", "1") and m.metadata is not None:
+            out["metadata"] = m.metadata
+        return out
+
+    def _history(self, call: Call) -> Effect:
+        form = dict(call.payload or {})
+        channel = self._channel_id(form.get("channel"), id_only=True)
+        limit = self._limit(form, 100)
+        try:
+            start = int(form.get("cursor") or 0)
+        except ValueError:
+            raise RejectedError(Problem("invalid_cursor", "cursor: not ours")) from None
+
+        def effect() -> Reply:
+            newest_first = sorted(self.top_level(channel), key=lambda m: float(m.ts), reverse=True)
+            page = newest_first[start : start + limit]
+            more = start + limit < len(newest_first)
+            body: dict[str, Any] = {
+                "ok": True,
+                "channel": channel,
+                "messages": [self._listed(m, form) for m in page],
+                "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+            }
+            return json_reply(200, body)
+
+        return effect
+
+    def _replies(self, call: Call) -> Effect:
+        form = dict(call.payload or {})
+        channel = self._channel_id(form.get("channel"), id_only=True)
+        limit = self._limit(form, 1000)
+        parent = self.messages.get((channel, str(form.get("ts"))))
+        if parent is None or parent.thread_ts is not None:
+            raise RejectedError(Problem("thread_not_found", f"no parent {form.get('ts')!r}"))
+
+        def effect() -> Reply:
+            replies = sorted(self.thread(channel, parent.ts), key=lambda m: float(m.ts))
+            page = [parent, *replies][:limit]
+            body = {
+                "ok": True,
+                "messages": [self._listed(m, form) for m in page],
+                "has_more": len(replies) + 1 > limit,
             }
             return json_reply(200, body)
 

@@ -8,11 +8,18 @@ stored state: it is derived from the fingerprint and the occurrence's start,
 so even a restarted alerter without refs replies into the right thread. The
 refs keep the ``thread.name`` and first message ``name`` Chat answers with.
 
+Every post carries a ``requestId`` derived from the notification id. Chat
+documents that "specifying an existing request ID returns the message created
+with that ID instead of creating a new message", so a post repeated after a
+timeout, or after an alerter crash between Chat's answer and the outbox
+tombstone, returns the first message instead of posting a second.
+
 Messages are limited to 32,000 bytes; the text is cut well below that.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -34,6 +41,15 @@ def thread_key(n: Notification) -> str:
     """Stable for one occurrence: a new firing after a resolve starts a new thread."""
     key = f"meshwatch-{n.fingerprint}-{int(n.incident.first_seen)}"
     return f"{key}-test" if n.test else key
+
+
+#: Namespace of the request ids (a UUID is what Chat recommends for them).
+REQUEST_ID_NAMESPACE = uuid.UUID("5b0f7c4e-3a57-4c1e-9a43-6d65736877a1")
+
+
+def request_id(sink: str, n: Notification) -> str:
+    """The same UUID for every attempt of one notice at one sink, and only for it."""
+    return str(uuid.uuid5(REQUEST_ID_NAMESPACE, f"{sink}\n{n.notification_id}"))
 
 
 def escape(text: str) -> str:
@@ -84,9 +100,10 @@ class GoogleChatWebhookSink:
         return f"GoogleChatWebhookSink(name={self.name!r}, url={redact_url(self._url)!r})"
 
     async def send(self, n: Notification, client: httpx.AsyncClient) -> SinkResponse:
-        response = await call(
-            client, "POST", self._post_url, target=self._target, json_body=build_payload(n)
+        url = str(
+            httpx.URL(self._post_url).copy_merge_params({"requestId": request_id(self.name, n)})
         )
+        response = await call(client, "POST", url, target=self._target, json_body=build_payload(n))
         if response.status_code == 429 or response.status_code >= 500:
             raise retryable(response, self._target)
         if response.status_code != 200:

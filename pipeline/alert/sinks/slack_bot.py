@@ -10,6 +10,19 @@ in the channel (``reply_broadcast``). Reference §1.2.
 The Web API's errors are HTTP 200 with ``{"ok": false, "error": "..."}``;
 only a few error strings are worth retrying. A rate limit is HTTP 429 with
 ``Retry-After`` (or, rarely, ``ok:false`` ``ratelimited``).
+
+Posts are made at most once per notification id, even across a crash.
+Each post carries message metadata (``event_type`` ``meshwatch_incident``,
+with the notification id in ``event_payload``). Before a post whose outcome
+is unknown — an earlier attempt timed out or failed with 5xx, or the notice
+was restored from the outbox after a restart (the crash may have come after
+Slack's answer) — the sink looks for a message carrying that id:
+``conversations.history`` for the incident's message, ``conversations.replies``
+for a thread reply, both with ``include_all_metadata``. Found means done.
+This needs the ``channels:history`` (``groups:history`` for a private
+channel) scope and a channel *ID* in the config; without them the lookup is
+skipped with a warning and the notice may repeat once, as with a webhook.
+Edits (``chat.update``) are idempotent by nature.
 """
 
 from __future__ import annotations
@@ -50,6 +63,13 @@ MESSAGE_GONE = frozenset({"message_not_found", "channel_not_found"})
 NOT_EDITABLE = frozenset({"cant_update_message", "edit_window_closed"})
 JSON_UTF8 = "application/json; charset=utf-8"
 METADATA_EVENT = "meshwatch_incident"
+#: How far back the lookup reads the channel: the newest messages, in pages.
+LOOKUP_PAGE = 200
+LOOKUP_PAGES = 3
+#: Lookup errors that mean "cannot look" (scope, channel name) rather than "try later".
+CANNOT_LOOK = frozenset(
+    {"missing_scope", "channel_not_found", "not_in_channel", "not_allowed_token_type"}
+)
 
 
 class SlackApiError(PermanentDeliveryError):
@@ -66,6 +86,28 @@ def reply_text(n: Notification) -> str:
     if n.action == "update":
         lines.insert(1, f"severity {n.incident.severity}, {n.incident.count} anomalous windows")
     return clip_mrkdwn("\n".join(lines), TEXT_BUDGET)
+
+
+def metadata(n: Notification) -> dict[str, Any]:
+    """Slack message metadata naming the notice, so a later lookup can recognise it."""
+    return {
+        "event_type": METADATA_EVENT,
+        "event_payload": {
+            "fingerprint": n.fingerprint,
+            "notification_id": n.notification_id,
+            "action": n.action,
+        },
+    }
+
+
+def _carries(message: Any, notification_id: str) -> bool:
+    if not isinstance(message, dict) or "ts" not in message:
+        return False
+    meta = message.get("metadata")
+    if not isinstance(meta, dict) or meta.get("event_type") != METADATA_EVENT:
+        return False
+    payload = meta.get("event_payload")
+    return isinstance(payload, dict) and payload.get("notification_id") == notification_id
 
 
 def parent_payload(n: Notification) -> dict[str, Any]:
@@ -97,6 +139,8 @@ class SlackBotApiSink:
         self._auth = bearer_auth(token)
         self._target = f"slack-bot {name!r}"
         self._done: Memo[tuple[str, str], dict[str, str]] = Memo()
+        #: Steps tried whose outcome is unknown (a timeout or 5xx): look before redoing.
+        self._unsure: set[tuple[str, str]] = set()
 
     @classmethod
     def from_config(cls, cfg: SlackBotSink) -> SlackBotApiSink:
@@ -178,11 +222,22 @@ class SlackBotApiSink:
             elif edited == "kept":
                 notes.append("message no longer editable; replied only")
         if not (channel and ts):
-            posted = await self._step(nid, "post", lambda: self._post_parent(client, n))
+            posted = await self._step(
+                n,
+                "post",
+                lambda: self._post_parent(client, n),
+                lambda: self._find_parent(client, n),
+            )
             channel, ts = posted["channel"], posted["ts"]
             refs.update(channel=channel, ts=ts)
         elif self.thread_replies:
-            reply = await self._step(nid, "reply", lambda: self._reply(client, n, channel, ts))
+            parent_channel, parent_ts = channel, ts
+            reply = await self._step(
+                n,
+                "reply",
+                lambda: self._reply(client, n, parent_channel, parent_ts),
+                lambda: self._find_reply(client, n, parent_channel, parent_ts),
+            )
             refs["last_reply_ts"] = reply["ts"]
         if self.attach_chart and n.action in ("firing", "resolved"):
             notes.append(await self._chart(client, n, channel, ts))
@@ -191,33 +246,51 @@ class SlackBotApiSink:
         return SinkResponse(refs=refs, status=200, detail=detail)
 
     async def _step(
-        self, nid: str, step: str, run: Callable[[], Awaitable[dict[str, str]]]
+        self,
+        n: Notification,
+        step: str,
+        run: Callable[[], Awaitable[dict[str, str]]],
+        find: Callable[[], Awaitable[dict[str, str] | None]],
     ) -> dict[str, str]:
-        """Run one step unless an earlier attempt of this notification already did."""
-        done = self._done.get((nid, step))
+        """Run one step unless it is already done: by this process, or (looked up) before.
+
+        The lookup happens only when the step may have happened without our
+        knowing: after an attempt with no clear answer, or for a notice
+        restored from the outbox. Every other post goes out directly.
+        """
+        key = (n.notification_id, step)
+        done = self._done.get(key)
         if done is not None:
             return done
-        result: dict[str, str] = await run()
-        self._done.put((nid, step), result)
+        if n.resumed or key in self._unsure:
+            found = await find()
+            if found is not None:
+                self._done.put(key, found)
+                self._unsure.discard(key)
+                return found
+        self._unsure.add(key)
+        try:
+            result: dict[str, str] = await run()
+        except RetryableDeliveryError:
+            raise  # no clear answer: it may have been posted
+        except DeliveryError:
+            self._unsure.discard(key)  # refused: nothing was posted
+            raise
+        self._unsure.discard(key)
+        self._done.put(key, result)
         return result
 
     def _forget(self, nid: str) -> None:
         for step in ("post", "reply", "edit"):
             self._done.pop((nid, step))
+            self._unsure.discard((nid, step))
 
     async def _post_parent(self, client: httpx.AsyncClient, n: Notification) -> dict[str, str]:
         body = {
             "channel": self.channel,
             **parent_payload(n),
             "unfurl_links": False,
-            "metadata": {
-                "event_type": METADATA_EVENT,
-                "event_payload": {
-                    "fingerprint": n.fingerprint,
-                    "notification_id": n.notification_id,
-                    "action": n.action,
-                },
-            },
+            "metadata": metadata(n),
         }
         data = await self.api(client, "chat.postMessage", body)
         return {"channel": str(data["channel"]), "ts": str(data["ts"])}
@@ -249,8 +322,61 @@ class SlackBotApiSink:
         }
         if n.resolved and self.broadcast_resolve:
             body["reply_broadcast"] = True
+        body["metadata"] = metadata(n)
         data = await self.api(client, "chat.postMessage", body)
         return {"ts": str(data["ts"])}
+
+    # -- looking before posting again ------------------------------------------------------
+
+    async def _find_parent(
+        self, client: httpx.AsyncClient, n: Notification
+    ) -> dict[str, str] | None:
+        """The incident's message for this notice, if an earlier attempt posted it."""
+        cursor = ""
+        for _ in range(LOOKUP_PAGES):
+            body = {"channel": self.channel, "limit": LOOKUP_PAGE, "include_all_metadata": "true"}
+            if cursor:
+                body["cursor"] = cursor
+            data = await self._look(client, "conversations.history", body)
+            if data is None:
+                return None
+            for message in data.get("messages") or []:
+                if _carries(message, n.notification_id):
+                    return {
+                        "channel": str(data.get("channel") or self.channel),
+                        "ts": str(message["ts"]),
+                    }
+            cursor = str((data.get("response_metadata") or {}).get("next_cursor") or "")
+            if not (data.get("has_more") and cursor):
+                return None
+        return None
+
+    async def _find_reply(
+        self, client: httpx.AsyncClient, n: Notification, channel: str, ts: str
+    ) -> dict[str, str] | None:
+        """This notice's reply in the incident's thread, if an earlier attempt posted it."""
+        body = {"channel": channel, "ts": ts, "limit": 1000, "include_all_metadata": "true"}
+        # (a thread of one incident holds a few replies; 1,000 is Slack's page size)
+        data = await self._look(client, "conversations.replies", body)
+        for message in (data or {}).get("messages") or []:
+            if message.get("ts") != ts and _carries(message, n.notification_id):
+                return {"ts": str(message["ts"])}
+        return None
+
+    async def _look(
+        self, client: httpx.AsyncClient, method: str, body: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.api(client, method, body, form=True)
+        except SlackApiError as exc:
+            if exc.code not in CANNOT_LOOK:
+                raise
+            log.warning(
+                "%s: cannot look for an earlier post (%s); posting, which may repeat it once",
+                self._target,
+                exc.code,
+            )
+            return None
 
     async def _chart(
         self, client: httpx.AsyncClient, n: Notification, channel: str, ts: str
