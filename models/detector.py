@@ -741,6 +741,43 @@ class RouteDetector:
             expected_high=np.asarray(hi, dtype=np.float64),
         )
 
+    # -- checkpoint rows (scale-out state) -------------------------------------
+
+    def export_state(self, rows: IntArray) -> dict[str, npt.NDArray[Any]]:
+        """Copies of every state array at ``rows``: one partition's share of a checkpoint.
+
+        Rows, not the whole table: an instance holds the routes of several
+        partitions and each partition is checkpointed and handed over alone.
+        """
+        idx = np.asarray(rows, dtype=np.int64)
+        return {name: a[idx] for name, a in self.state_arrays().items()}
+
+    def load_state(self, keys: Sequence[str], arrays: dict[str, npt.NDArray[Any]]) -> IntArray:
+        """Take over routes exported by :meth:`export_state` (of any instance).
+
+        Checks every array before touching anything, so a checkpoint written
+        with other settings (another ``evidence_points`` or ``season_bins``, a
+        state layout of another version) raises ``ValueError`` and leaves this
+        detector as it was; the caller then starts those routes cold.
+        """
+        n = len(keys)
+        current = self.state_arrays()
+        missing = sorted(set(current) - set(arrays))
+        if missing:
+            raise ValueError(f"checkpoint lacks state arrays {missing}")
+        for name, a in current.items():
+            got = arrays[name]
+            if got.shape != (n, *a.shape[1:]):
+                raise ValueError(
+                    f"state array {name!r} has shape {got.shape}, expected {(n, *a.shape[1:])}"
+                )
+            if not np.can_cast(got.dtype, a.dtype, casting="same_kind"):
+                raise ValueError(f"state array {name!r} has dtype {got.dtype}, expected {a.dtype}")
+        rows = self.rows_for(keys)
+        for name, a in self.state_arrays().items():  # again: rows_for may have grown them
+            a[rows] = arrays[name]
+        return rows
+
 
 __all__ = [
     "DEFAULT_BOUNDS_MS",

@@ -110,7 +110,10 @@ def _run_stage(cfg: MeshwatchConfig, processor: Processor, topic: str, group: st
     from pipeline.stage.loop import StageRunner
 
     stop = _stop_on_signals()
-    runner = StageRunner(cfg, processor, topic, group, stop=stop)
+    # a stage that keeps metrics of its own (the detector's route scores) has
+    # them served on the same /metrics
+    metrics = getattr(processor, "metrics", None)
+    runner = StageRunner(cfg, processor, topic, group, stop=stop, metrics=metrics)
     endpoint = None
     if cfg.observe.enabled:
         endpoint = ObservabilityEndpoint(
@@ -129,7 +132,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from pipeline.detect.stage import DetectorProcessor
 
     cfg = _load(args)
-    return _run_stage(cfg, DetectorProcessor(cfg), cfg.topics.golden, args.group)
+    processor = DetectorProcessor(cfg, group_id=args.group)
+    return _run_stage(cfg, processor, cfg.topics.golden, args.group)
 
 
 def cmd_alert(args: argparse.Namespace) -> int:
