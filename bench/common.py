@@ -79,13 +79,21 @@ def bench_broker(bootstrap: str | None = None) -> Iterator[str]:
         yield b.bootstrap
 
 
-def bench_config(bootstrap: str, **detector: object) -> MeshwatchConfig:
+def bench_config(
+    bootstrap: str, *, golden_retention_ms: int | None = None, **detector: object
+) -> MeshwatchConfig:
     """Project defaults, with a fresh topic prefix and a short session timeout.
 
     The session timeout only shortens the consumer-group join (about half of
     it on Tansu, see shared/reference/kafka.md); batch sizes, linger, acks
     and compression stay the project defaults, which is what is measured.
+    ``golden_retention_ms`` sets ``retention.ms`` on the golden topic
+    explicitly (Tansu describes only the configs set at creation, and Quix
+    Streams reads the input topic's retention to size its changelog).
     """
+    topics: dict[str, object] = {"prefix": f"bench{uuid.uuid4().hex[:6]}."}
+    if golden_retention_ms is not None:
+        topics["specs"] = {"golden": {"partitions": 6, "retention_ms": golden_retention_ms}}
     return load_config(
         None,
         {
@@ -95,7 +103,7 @@ def bench_config(bootstrap: str, **detector: object) -> MeshwatchConfig:
                 "heartbeat_interval_ms": 500,
                 "poll_timeout_ms": 100,
             },
-            "topics": {"prefix": f"bench{uuid.uuid4().hex[:6]}."},
+            "topics": topics,
             "detector": dict(detector),
         },
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,9 +91,11 @@ class RouteKeys:
                 known.clear()  # a bound, not an eviction policy: rebuilt on demand
             for i, key in enumerate(out):
                 if key is None:
-                    ns, kind, workload, direction, route = parts[i]
+                    # Interned parts: a workload's routes share their name
+                    # strings in the cache instead of each pinning its own.
+                    ns, kind, workload, direction, route = map(sys.intern, parts[i])
                     key = make_route_key(make_workload_key(ns, kind, workload), direction, route)
-                    out[i] = known[parts[i]] = key
+                    out[i] = known[(ns, kind, workload, direction, route)] = key
         return out  # type: ignore[return-value]  # no None left
 
 
@@ -132,6 +135,11 @@ class DetectionEngine:
         self._keys = RouteKeys()
         #: trained models joined to the baselines' scores (pipeline/detect/scoring.py)
         self.scoring = ModelScoring()
+
+    @property
+    def learned_model_version(self) -> str | None:
+        """Registry version of the trained model in use (None: baselines only)."""
+        return self.scoring.version
 
     def process(
         self,
@@ -179,6 +187,7 @@ class DetectionEngine:
         if not len(cols):
             return []
         self.samples_seen += len(cols)
+        self.scoring.adopt()  # a model the registry follower offered takes over between batches
         det = self.detector
         keys = self._keys(cols.keys)
         obs = observations_of(det, cols, keys)
