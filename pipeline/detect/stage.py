@@ -153,7 +153,7 @@ class DetectorProcessor:
             if not self._replaying:
                 for kind in KINDS:
                     v = verdicts.kinds.get(kind)
-                    if v is not None:
+                    if v is not None and (v.fired.any() or v.resolved.any()):
                         counts[(kind, "firing")] += int(v.fired.sum())
                         counts[(kind, "resolved")] += int(v.resolved.sum())
             return verdicts
@@ -339,12 +339,12 @@ class DetectorProcessor:
         return out
 
     def idle(self, now: float) -> Iterable[Output]:
+        self._update_model_info()
         state = self.cfg.detector.state
         tick = time.monotonic()
         if not state.enabled or tick - self._last_checkpoint < state.checkpoint_interval_seconds:
             return ()
         self._last_checkpoint = tick
-        self._update_model_info()
         due = self._dirty & self._owned
         self._dirty -= due
         return self.checkpoint(due)
@@ -354,10 +354,10 @@ class DetectorProcessor:
     def model_info(self) -> dict[str, str]:
         """The labels of ``meshwatch_model_info``: the baseline model and, once the
         engine carries a trained model from the registry, its version
-        (``engine.learned_model_version``, read here so the registry needs no
-        change in this stage)."""
+        (``engine.scoring.version``, read on every poll so a model promoted in
+        the registry shows up without a restart)."""
         info = {"name": MODEL_NAME, "version": MODEL_VERSION}
-        learned = getattr(self.engine, "learned_model_version", None)
+        learned = getattr(getattr(self.engine, "scoring", None), "version", None)
         if learned:
             info["learned_version"] = str(learned)
         return info
