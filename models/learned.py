@@ -88,11 +88,15 @@ class LearnedModel:
         return np.asarray(est.predict_proba(x)[:, 1], dtype=np.float64)
 
     def score(self, features: FloatArray, judged: dict[str, BoolArray]) -> dict[str, FloatArray]:
-        """Calibrated scores per kind for a batch; 0 where a kind was not judged."""
+        """Calibrated scores per kind for a batch; 0 where a kind was not judged.
+
+        Only the kinds named in ``judged`` are scored."""
         if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES):
             raise ModelError(f"expected (n, {len(FEATURE_NAMES)}) features, got {features.shape}")
         out: dict[str, FloatArray] = {}
         for k in self.kinds:
+            if k not in judged:
+                continue
             mask = judged[k]
             s = np.zeros(features.shape[0])
             if mask.any():

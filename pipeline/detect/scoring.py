@@ -79,6 +79,11 @@ class ModelScoring:
         with self._lock:
             self._pending = loaded
 
+    def cancel(self) -> None:
+        """Drop an offered model that has not been adopted yet."""
+        with self._lock:
+            self._pending = None
+
     def adopt(self) -> str | None:
         """Switch to the offered model, if any (between batches); returns the new version."""
         with self._lock:

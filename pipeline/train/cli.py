@@ -1,0 +1,258 @@
+"""``meshwatch train`` and ``meshwatch models list|show|promote|rollback``.
+
+Registered into the main parser by :func:`add_commands` (kept here so the
+main command line stays one screen of stage commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from models.registry import ArtifactError, Registry, manifest_text
+from pipeline.config import MeshwatchConfig, load_config
+from pipeline.train.job import (
+    EXIT_ERROR,
+    EXIT_NO_DATA,
+    EXIT_NOT_BETTER,
+    EXIT_PUBLISHED,
+    TrainOptions,
+    run,
+    summary_table,
+)
+
+EXIT_OK = 0
+
+
+def _when(text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.UTC)
+        return t.timestamp()
+
+
+def _cfg(args: argparse.Namespace) -> MeshwatchConfig:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "bootstrap", None):
+        overrides["kafka"] = {"bootstrap_servers": args.bootstrap}
+    if getattr(args, "registry", None):
+        overrides["models"] = {"registry_dir": str(args.registry)}
+    return load_config(args.config, overrides or None)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    until = _when(args.until, time.time())
+    since = _when(args.since, until - cfg.models.train_hours * 3600.0)
+    source = "simulated" if args.default else ("file" if args.input else "golden")
+    opts = TrainOptions(
+        since=since,
+        until=until,
+        source=source,
+        file=args.input,
+        force=args.force,
+        default=args.default,
+        publish_event=not args.no_event,
+        report_dir=args.report,
+        scenario_windows=args.scenario_windows,
+    )
+    console = Console(stderr=True)
+    try:
+        result = run(cfg, opts, console)
+    except ArtifactError as exc:
+        console.print(f"[red]registry error:[/red] {exc}")
+        return EXIT_ERROR
+    out = Console()
+    if result.candidate is not None:
+        out.print(summary_table(result))
+    for reason in result.reasons:
+        out.print(f"  - {reason}")
+    if result.report:
+        out.print(f"report: {result.report}")
+    verdict = {
+        EXIT_PUBLISHED: f"published {result.version}",
+        EXIT_NOT_BETTER: "not published: the candidate is worse than production (exit 3)",
+        EXIT_NO_DATA: "not published: not enough history (exit 4)",
+    }.get(result.exit_code, "failed")
+    out.print(verdict)
+    return result.exit_code
+
+
+def _registry(args: argparse.Namespace) -> tuple[MeshwatchConfig, Registry]:
+    cfg = _cfg(args)
+    return cfg, Registry.at(Path(cfg.models.registry_dir))
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    _, reg = _registry(args)
+    prod = reg.production()
+    table = Table(title=f"models in {reg.storage.describe()}")
+    for col in ("version", "created", "routes", "samples", "kinds", "in production"):
+        table.add_column(col)
+    for v in reg.versions():
+        try:
+            m = reg.manifest(v)
+        except ArtifactError as exc:
+            table.add_row(v, "unreadable", "", "", str(exc), "")
+            continue
+        tr = m.get("training", {})
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.get("created_at", 0)))
+        table.add_row(
+            v,
+            created,
+            str(tr.get("routes", "")),
+            str(tr.get("samples", "")),
+            ",".join(m.get("kinds", [])),
+            "yes" if v == prod else "",
+        )
+    Console().print(table)
+    if prod is None:
+        print("no production version: detectors use the shipped default model")
+    return EXIT_OK
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    _, reg = _registry(args)
+    version = args.version or reg.production()
+    if version is None:
+        print("no production version (give a VERSION)", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        manifest = reg.manifest(version)
+        reg.load(version)
+        status = "verified: checksums and versions match"
+    except ArtifactError as exc:
+        status = f"UNUSABLE: {exc}"
+        if version not in reg.versions():
+            print(str(exc), file=sys.stderr)
+            return EXIT_ERROR
+        manifest = reg.manifest(version)
+    print(manifest_text(manifest))
+    print(status)
+    return EXIT_OK if status.startswith("verified") else EXIT_ERROR
+
+
+def _announce(cfg: MeshwatchConfig, reg: Registry, action: str, pointer: dict[str, Any],
+              previous: str | None, no_event: bool) -> int:  # fmt: skip
+    print(f"production is now {pointer['version']} (was {previous or 'none'})")
+    if no_event:
+        return EXIT_OK
+    from pipeline.registry.events import ModelEvent, publish_event
+
+    try:
+        publish_event(
+            cfg,
+            ModelEvent(
+                action=action,
+                version=str(pointer["version"]),
+                previous=previous,
+                registry=reg.storage.describe(),
+            ),
+        )
+    except Exception as exc:  # the pointer moved; detectors see it at their next start
+        print(f"could not publish the models event: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"announced on {cfg.topics.models}")
+    return EXIT_OK
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    cfg, reg = _registry(args)
+    previous = reg.production()
+    try:
+        pointer = reg.promote(args.version)
+    except ArtifactError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return _announce(cfg, reg, "promote", pointer, previous, args.no_event)
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    cfg, reg = _registry(args)
+    previous = reg.production()
+    try:
+        pointer = reg.rollback()
+    except ArtifactError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return _announce(cfg, reg, "rollback", pointer, previous, args.no_event)
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``train`` and ``models`` to the main parser's subcommands."""
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", type=Path, default=None, help="YAML config file")
+        sp.add_argument("--bootstrap", default=None, help="override kafka.bootstrap_servers")
+        sp.add_argument("--registry", type=Path, default=None, help="override models.registry_dir")
+
+    tr = sub.add_parser(
+        "train",
+        help="train the models from history, evaluate, publish if no worse",
+        description=(
+            "Read history (the golden topic between --since and --until, or a JSONL file), "
+            "train and calibrate the models, compare with production on held-back history "
+            "and labelled simulator scenarios, write an HTML report and publish if no worse. "
+            "Exit codes: 0 published, 1 error, 2 configuration, 3 not better, 4 no data."
+        ),
+    )
+    common(tr)
+    tr.add_argument("input", nargs="?", type=Path, default=None, help="JSONL history file")
+    tr.add_argument(
+        "--since", default=None, help="range start (ISO or unix; default until-train_hours)"
+    )
+    tr.add_argument("--until", default=None, help="range end (ISO or unix; default now)")
+    tr.add_argument("--force", action="store_true", help="publish even if not better")
+    tr.add_argument(
+        "--default",
+        action="store_true",
+        help="rebuild the default artifact shipped in models/default/ from simulated history",
+    )
+    tr.add_argument("--report", type=Path, default=None, help="report folder")
+    tr.add_argument("--no-event", action="store_true", help="do not announce on the models topic")
+    tr.add_argument(
+        "--scenario-windows",
+        type=int,
+        default=290,
+        help="windows of labelled simulator scenarios to evaluate on (0: skip)",
+    )
+    tr.set_defaults(func=cmd_train)
+
+    md = sub.add_parser("models", help="list, inspect, promote and roll back model versions")
+    md_sub = md.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    ls = md_sub.add_parser("list", help="versions in the registry")
+    common(ls)
+    ls.set_defaults(func=cmd_models_list)
+    sh = md_sub.add_parser("show", help="a version's manifest, verified")
+    common(sh)
+    sh.add_argument("version", nargs="?", default=None, help="default: production")
+    sh.set_defaults(func=cmd_models_show)
+    pr = md_sub.add_parser("promote", help="make VERSION production and tell the detectors")
+    common(pr)
+    pr.add_argument("version")
+    pr.add_argument("--no-event", action="store_true", help="do not announce on the models topic")
+    pr.set_defaults(func=cmd_models_promote)
+    rb = md_sub.add_parser("rollback", help="back to the previous production version")
+    common(rb)
+    rb.add_argument("--no-event", action="store_true", help="do not announce on the models topic")
+    rb.set_defaults(func=cmd_models_rollback)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=1))
+
+
+__all__ = ["add_commands"]

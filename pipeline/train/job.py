@@ -1,0 +1,296 @@
+"""``meshwatch train``: history → features → models → evaluation → registry.
+
+A one-shot job (a laptop or a Kubernetes CronJob run it the same way). Its
+exit code says what happened, so a scheduler can alert on the right thing:
+
+====  =========================================================
+0     a candidate was published and promoted to production
+1     error (broker, registry, an unexpected failure)
+2     configuration error
+3     not better: the candidate was worse than production (not published)
+4     no data: too little history in the range to train on
+====  =========================================================
+
+``--default`` instead trains on simulated history and writes the artifact
+shipped with the package (``models/default/``), evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from models.learned import fit
+from models.registry import DEFAULT_DIR, ArtifactError, Loaded, Registry, write_dir
+from pipeline.config import MeshwatchConfig
+from pipeline.schema import GoldenSample
+from pipeline.train import simulated
+from pipeline.train.dataset import Dataset, DatasetBuilder
+from pipeline.train.evaluate import Evaluation, compare, evaluate
+
+EXIT_PUBLISHED = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_NOT_BETTER = 3
+EXIT_NO_DATA = 4
+DEFAULT_HISTORY_WINDOWS = 1440  # 4 simulated hours
+SCENARIO_WINDOWS = 290
+
+
+@dataclass
+class TrainOptions:
+    since: float
+    until: float
+    source: str = "golden"  # golden | file | simulated
+    file: Path | None = None
+    force: bool = False
+    default: bool = False
+    publish_event: bool = True
+    max_rows: int = 300_000
+    scenario_windows: int = SCENARIO_WINDOWS
+    simulated_windows: int = DEFAULT_HISTORY_WINDOWS
+    report_dir: Path | None = None
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    exit_code: int
+    version: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    candidate: Evaluation | None = None
+    production: Evaluation | None = None
+    dataset: Dataset | None = None
+    report: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    manifest: dict[str, Any] | None = None
+
+
+def _chunks(
+    cfg: MeshwatchConfig, opts: TrainOptions, advance: Any, stats: dict[str, int]
+) -> Iterator[Sequence[GoldenSample]]:
+    from pipeline.train.history import file_chunks, topic_chunks
+
+    if opts.source == "file":
+        assert opts.file is not None
+        yield from file_chunks(opts.file, advance)
+    elif opts.source == "simulated":
+        for _, out, _sim in simulated.batches(opts.simulated_windows, seed=opts.seed + 101):
+            samples = [s for b in out for s in b.samples]
+            advance(len(samples))
+            yield samples
+    else:
+        yield from topic_chunks(cfg, opts.since, opts.until, progress=advance, stats=stats)
+
+
+def run(cfg: MeshwatchConfig, opts: TrainOptions, console: Console | None = None) -> TrainResult:
+    console = console or Console(stderr=True)
+    mcfg = cfg.models
+    budget = mcfg.false_alert_budget
+    result = TrainResult(EXIT_ERROR)
+    registry = Registry.at(Path(mcfg.registry_dir))
+    progress = Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        # 1. history → features
+        t0 = time.perf_counter()
+        task = progress.add_task("read history + features", total=None, info="")
+        builder = DatasetBuilder(cfg.detector, max_rows=opts.max_rows, seed=opts.seed)
+        stats: dict[str, int] = {}
+        seen = [0]
+
+        def advance(n: int) -> None:
+            seen[0] += n
+            progress.update(task, advance=n, info=f"{seen[0]:,} samples")
+
+        for chunk in _chunks(cfg, opts, advance, stats):
+            builder.add(chunk)
+        ds = builder.finish()
+        progress.update(task, total=seen[0], completed=seen[0])
+        result.dataset = ds
+        result.timings["history"] = time.perf_counter() - t0
+        if len(ds) < mcfg.min_training_windows:
+            result.exit_code = EXIT_NO_DATA
+            result.reasons.append(
+                f"only {len(ds):,} judged route-windows in the range "
+                f"(at least {mcfg.min_training_windows:,} needed)"
+            )
+            return result
+
+        # 2. train + calibrate
+        t0 = time.perf_counter()
+        task = progress.add_task("train + calibrate", total=1, info="")
+        holdout = ds.holdout(mcfg.holdout_fraction)
+        model = fit(
+            ds.features,
+            ds.judged,
+            ds.labels,
+            holdout=holdout,
+            false_alert_budget=budget,
+            seed=opts.seed,
+        )
+        progress.update(task, completed=1, info=", ".join(model.kinds))
+        result.timings["train"] = time.perf_counter() - t0
+        if not model.kinds:
+            result.exit_code = EXIT_NO_DATA
+            result.reasons.append("no kind had enough judged windows to train on")
+            return result
+
+        # 3. evaluate: held-back history and labelled scenarios
+        t0 = time.perf_counter()
+        task = progress.add_task("evaluate", total=2, info="labelled scenarios")
+        scen = scenario_dataset(cfg, opts)
+        progress.update(task, advance=1, info="candidate vs production")
+        production = _production(registry, opts, result)
+        rows = np.flatnonzero(holdout)
+        result.candidate = evaluate("candidate", model, ds, rows, scen, budget)
+        if production is not None:
+            result.production = evaluate(
+                f"production {production.version}", production.model, ds, rows, scen, budget
+            )
+        progress.update(task, advance=1, info="")
+        result.timings["evaluate"] = time.perf_counter() - t0
+        ok, reasons = compare(result.candidate, result.production, budget)
+        result.reasons += reasons
+
+        # 4. report
+        t0 = time.perf_counter()
+        task = progress.add_task("report", total=1, info="")
+        from pipeline.train.report import write_report
+
+        report_dir = opts.report_dir or Path(mcfg.reports_dir) / time.strftime(
+            "train-%Y%m%dT%H%M%SZ", time.gmtime()
+        )
+        result.report = write_report(report_dir, result, model, ds, holdout, scen, budget)
+        progress.update(task, completed=1, info=str(result.report))
+        result.timings["report"] = time.perf_counter() - t0
+
+        # 5. publish
+        task = progress.add_task("publish", total=1, info="")
+        if not ok and not opts.force:
+            result.exit_code = EXIT_NOT_BETTER
+            progress.update(task, completed=1, info="not published")
+            return result
+        if opts.force and not ok:
+            result.reasons.append("published anyway (--force)")
+        manifest_args = _manifest_args(ds, opts, result, budget)
+        if opts.default:
+            result.manifest = write_dir(DEFAULT_DIR, model, **manifest_args)
+            result.version = "default"
+        else:
+            result.version = registry.publish(model, **manifest_args)
+            previous = registry.production()
+            registry.promote(result.version)
+            if opts.publish_event:
+                from pipeline.registry.events import ModelEvent, publish_event
+
+                publish_event(
+                    cfg,
+                    ModelEvent(
+                        action="publish",
+                        version=result.version,
+                        previous=previous,
+                        registry=str(registry.storage.describe()),
+                    ),
+                )
+        progress.update(task, completed=1, info=f"version {result.version}")
+    result.exit_code = EXIT_PUBLISHED
+    return result
+
+
+def _production(registry: Registry, opts: TrainOptions, result: TrainResult) -> Loaded | None:
+    try:
+        if opts.default:
+            return None  # the default is being rebuilt: nothing to compare with
+        return registry.load_production()
+    except ArtifactError as exc:
+        result.reasons.append(f"production model unusable, compared with nothing: {exc}")
+        return None
+
+
+def scenario_dataset(cfg: MeshwatchConfig, opts: TrainOptions) -> Dataset | None:
+    if opts.scenario_windows <= 0:
+        return None
+    hist = simulated.history(
+        opts.scenario_windows, scenario=simulated.evaluation_scenario(), seed=opts.seed + 7
+    )
+    builder = DatasetBuilder(cfg.detector, max_rows=10**9, labeller=hist.anomalous)
+    builder.add(hist.samples)
+    return builder.finish()
+
+
+def _manifest_args(
+    ds: Dataset, opts: TrainOptions, result: TrainResult, budget: float
+) -> dict[str, Any]:
+    return {
+        "training": {
+            "source": opts.source if opts.source != "file" else f"file:{opts.file}",
+            "window_start": ds.t_min,
+            "window_end": ds.t_max,
+            "samples": ds.samples_seen,
+            "routes": ds.routes_seen,
+            "windows": ds.windows_seen,
+            "rows_sampled": len(ds),
+        },
+        "metrics": {
+            "candidate": result.candidate.as_dict() if result.candidate else {},
+            "production": result.production.as_dict() if result.production else {},
+            "reasons": result.reasons,
+        },
+        "false_alert_budget": budget,
+        "note": "built by meshwatch train --default" if opts.default else "meshwatch train",
+    }
+
+
+def summary_table(result: TrainResult) -> Table:
+    table = Table(title="meshwatch train")
+    table.add_column("kind")
+    table.add_column("flagged held-back (cand.)", justify="right")
+    table.add_column("flagged held-back (prod.)", justify="right")
+    table.add_column("AUC baseline", justify="right")
+    table.add_column("AUC cand.", justify="right")
+    table.add_column("AUC prod.", justify="right")
+    table.add_column("recall cand.", justify="right")
+    cand = result.candidate or Evaluation("candidate")
+    prod = result.production or Evaluation("production")
+
+    def f(d: dict[str, float], k: str, spec: str) -> str:
+        return format(d[k], spec) if k in d else "–"
+
+    for k in sorted(set(cand.flag_rate) | set(cand.auc)):
+        table.add_row(
+            k,
+            f(cand.flag_rate, k, ".2e"),
+            f(prod.flag_rate, k, ".2e"),
+            f(cand.baseline_auc, k, ".4f"),
+            f(cand.auc, k, ".4f"),
+            f(prod.auc, k, ".4f"),
+            f(cand.recall, k, ".2f"),
+        )
+    return table
+
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_NOT_BETTER",
+    "EXIT_NO_DATA",
+    "EXIT_PUBLISHED",
+    "TrainOptions",
+    "TrainResult",
+    "run",
+    "summary_table",
+]
