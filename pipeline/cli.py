@@ -133,6 +133,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     processor = DetectorProcessor(cfg, group_id=args.group)
+    from pipeline.registry.follow import follow_models
+
+    follow_models(cfg, processor.engine.scoring)  # trained models: load, then follow promotions
     return _run_stage(cfg, processor, cfg.topics.golden, args.group)
 
 
@@ -561,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", type=Path, default=Path("backtest-out"), help="output folder")
     bt.add_argument("--charts", type=int, default=4, help="PNG charts to draw (default 4)")
     bt.set_defaults(func=cmd_backtest)
+
+    from pipeline.train.cli import add_commands  # train, models list|show|promote|rollback
+
+    add_commands(sub)
     return p
 
 
