@@ -161,7 +161,7 @@ def decode_golden(raw: bytes) -> Decoded:
     the precise :class:`pydantic.ValidationError` for an invalid one)."""
     try:
         return FastGolden(raw, _DECODER.decode(raw))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec lets bad UTF-8 in keys escape
         return decode(GoldenBatch, raw)
 
 
@@ -237,62 +237,76 @@ def columns(decoded: Sequence[Decoded]) -> tuple[GoldenColumns, list[Rejected]]:
         else:
             slow.append(d)
     rejected: list[Rejected] = []
-    if fast:
-        bad = _failing_messages(fast)
-        if bad.size:
-            keep = np.ones(len(fast), dtype=np.bool_)
-            keep[bad] = False
-            for j in bad.tolist():
-                raw = decoded[fast_pos[j]]
-                assert isinstance(raw, FastGolden)
-                try:
-                    slow.append(decode(GoldenBatch, raw.raw))
-                except Exception as exc:  # pydantic's precise error, for the DLQ
-                    rejected.append(Rejected(fast_pos[j], exc))
-            fast = [b for b, k in zip(fast, keep.tolist(), strict=True) if k]
-    samples: list[Sample] = list(chain.from_iterable(map(_samples_of, fast)))
-    samples.extend(chain.from_iterable(map(_samples_of, slow)))
-    return from_samples(samples), rejected
+    cols: GoldenColumns | None = None
+    while fast:  # a second pass only when some message failed a check
+        samples: list[Sample] = list(chain.from_iterable(map(_samples_of, fast)))
+        cols, bad_rows = _checked(samples)
+        if not bad_rows.any():
+            break
+        cols = None
+        per_msg = np.fromiter(map(len, map(_samples_of, fast)), np.int64, len(fast))
+        bad = np.unique(np.repeat(np.arange(len(fast)), per_msg)[bad_rows]).tolist()
+        for j in bad:
+            raw = decoded[fast_pos[j]]
+            assert isinstance(raw, FastGolden)
+            try:
+                slow.append(decode(GoldenBatch, raw.raw))
+            except Exception as exc:  # pydantic's precise error, for the DLQ
+                rejected.append(Rejected(fast_pos[j], exc))
+        dropped = set(bad)
+        fast_pos = [p for j, p in enumerate(fast_pos) if j not in dropped]
+        fast = [b for j, b in enumerate(fast) if j not in dropped]
+    if not slow:
+        return cols if cols is not None else from_samples([]), rejected
+    # Rare: some messages went through pydantic; build once over everything.
+    everything: list[Sample] = list(chain.from_iterable(map(_samples_of, fast)))
+    everything.extend(chain.from_iterable(map(_samples_of, slow)))
+    return from_samples(everything), rejected
+
+
+def _checked(samples: list[Sample]) -> tuple[GoldenColumns | None, npt.NDArray[np.bool_]]:
+    """Columns of fast-decoded samples, and the rows breaking a cross-field rule
+    (then the columns are None: the caller drops those messages and retries)."""
+    n = len(samples)
+    bounds_list = list(map(_bounds_of, samples))
+    lists = list(map(_buckets_of, samples))
+    lens = np.fromiter(map(len, lists), np.int64, n)
+    bad = (lens != 0) & (lens != _N_BUCKETS)
+    if bounds_list.count(None) != n:
+        bad |= np.array([b is not None for b in bounds_list])
+    if bad.any():
+        return None, bad
+    values = _value_matrix(samples)
+    req, ok, failed = (values[:, COL[k]] for k in ("requests", "successes", "failures"))
+    bad = ok + failed > req
+    if bad.any():
+        return None, bad
+    keys: list[RouteParts] = list(map(_key_parts, samples))
+    return GoldenColumns(samples, keys, values, _default_buckets(lists, lens), None), bad
 
 
 def from_samples(samples: list[Sample]) -> GoldenColumns:
     """Columns of already validated samples (fast structs or GoldenSamples)."""
-    n = len(samples)
-    values = np.array(list(map(_values, samples)), dtype=np.float64).reshape(n, len(VALUE_FIELDS))
+    values = _value_matrix(samples)
     keys: list[RouteParts] = list(map(_key_parts, samples))
-    bounds_list = list(map(_bounds_of, samples))
-    if bounds_list.count(None) == n:
-        buckets = _default_buckets(list(map(_buckets_of, samples)))
-        return GoldenColumns(samples, keys, values, buckets, None)
+    if list(map(_bounds_of, samples)).count(None) == len(samples):
+        lists = list(map(_buckets_of, samples))
+        lens = np.fromiter(map(len, lists), np.int64, len(lists))
+        return GoldenColumns(samples, keys, values, _default_buckets(lists, lens), None)
     buckets, bounds = _custom_buckets(samples)
     return GoldenColumns(samples, keys, values, buckets, bounds)
 
 
-def _failing_messages(batches: list[FastBatch]) -> IntArray:
-    """Positions of messages with a sample that breaks a cross-field rule."""
-    per_msg = np.fromiter(map(len, map(_samples_of, batches)), np.int64, len(batches))
-    samples: list[FastSample] = list(chain.from_iterable(map(_samples_of, batches)))
-    n = len(samples)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    msg_of = np.repeat(np.arange(len(batches)), per_msg)
-    counts = np.array(
-        list(map(attrgetter("requests", "successes", "failures"), samples)), dtype=np.float64
-    ).reshape(n, 3)
-    bad = counts[:, 1] + counts[:, 2] > counts[:, 0]
-    lens = np.fromiter(map(len, map(_buckets_of, samples)), np.int64, n)
-    bad |= (lens != 0) & (lens != _N_BUCKETS)
-    bounds_list = list(map(_bounds_of, samples))
-    if bounds_list.count(None) != n:
-        bad |= np.array([b is not None for b in bounds_list])
-    return np.unique(msg_of[bad])
+def _value_matrix(samples: Sequence[Sample]) -> FloatArray:
+    """(n, len(VALUE_FIELDS)) floats; numpy turns None (absent) into NaN."""
+    return np.array(list(map(_values, samples)), dtype=np.float64).reshape(
+        len(samples), len(VALUE_FIELDS)
+    )
 
 
-def _default_buckets(lists: list[tuple[int, ...]]) -> FloatArray:
+def _default_buckets(lists: list[tuple[int, ...]], lens: IntArray) -> FloatArray:
     """(n, 26) counts from per-sample tuples of 26 counts or none."""
-    n = len(lists)
-    lens = np.fromiter(map(len, lists), np.int64, n)
-    out = np.zeros((n, _N_BUCKETS))
+    out = np.zeros((len(lists), _N_BUCKETS))
     filled = np.flatnonzero(lens)
     if filled.size:
         flat = np.fromiter(chain.from_iterable(lists), np.float64, int(lens.sum()))
