@@ -289,16 +289,20 @@ class RouteDetector:
     # -- route table ------------------------------------------------------
 
     def rows_for(self, keys: Sequence[str]) -> IntArray:
+        """Row of each key, adding rows for new keys (one C-level lookup pass
+        when every key is known, as in steady state)."""
         index = self.index
-        out = np.empty(len(keys), dtype=np.int64)
-        for i, key in enumerate(keys):
-            row = index.get(key)
-            if row is None:
-                row = index[key] = len(self.keys)
-                self.keys.append(key)
-            out[i] = row
+        got: list[int | None] = list(map(index.get, keys))
+        if None in got:
+            for i, key in enumerate(keys):
+                if got[i] is None:
+                    row = index.get(key)  # a key new to this call may repeat in it
+                    if row is None:
+                        row = index[key] = len(self.keys)
+                        self.keys.append(key)
+                    got[i] = row
         self._grow(len(self.keys))
-        return out
+        return np.array(got, dtype=np.int64).reshape(len(keys))
 
     def _grow(self, n: int) -> None:
         cap = self.windows.shape[0]
