@@ -187,7 +187,9 @@ class GoldenBatch(_Message):
 
 class EvidencePoint(_Message):
     t: FiniteFloat
-    value: float | None
+    # A default, because encode() drops None: without it a window with no
+    # data in the evidence made the whole Finding undecodable downstream.
+    value: float | None = None
 
 
 class Finding(_Message):
