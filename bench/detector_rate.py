@@ -71,10 +71,17 @@ class Run:
     samples: int
     polls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: this process's CPU seconds (all threads) over the same span; less
+    #: sensitive than wall time to other work on a shared machine
+    cpu: float = float("nan")
 
     @property
     def rate(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def cpu_rate(self) -> float:
+        return self.samples / self.cpu if self.cpu > 0 else float("nan")
 
 
 # -- (a) the reference ------------------------------------------------------------
@@ -90,6 +97,7 @@ def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float, *, fa
     consumer.subscribe([cfg.topics.golden])
     seen = samples = polls = 0
     first: float | None = None
+    cpu0 = 0.0
     deadline = time.monotonic() + timeout
     gc.collect()
     gc.freeze()
@@ -104,6 +112,7 @@ def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float, *, fa
                 continue
             if first is None:
                 first = time.perf_counter()
+                cpu0 = time.process_time()
             polls += 1
             gc.disable()
             try:
@@ -119,10 +128,11 @@ def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float, *, fa
             finally:
                 gc.enable()
         took = time.perf_counter() - (first or 0.0)
+        cpu = time.process_time() - cpu0
     finally:
         gc.unfreeze()
         consumer.close(autocommit=False)
-    return Run(took, seen, samples, polls)
+    return Run(took, seen, samples, polls, cpu=cpu)
 
 
 # -- (b) the detector stage ----------------------------------------------------------
@@ -162,6 +172,8 @@ class _Timed:
     expected = 0
     first: float | None = None
     last: float | None = None
+    cpu0 = 0.0
+    cpu = float("nan")
     gc_clock: GcClock
     batch_sizes: list[int]
     stats: Any
@@ -169,6 +181,7 @@ class _Timed:
     def _handle(self, records: Sequence[Any]) -> None:
         if self.first is None:
             self.first = time.perf_counter()
+            self.cpu0 = time.process_time()
             self.gc_clock.on = True
         self.batch_sizes.append(len(records))
         super()._handle(records)  # type: ignore[misc]
@@ -177,6 +190,7 @@ class _Timed:
             if drain is not None:
                 drain()
             self.last = time.perf_counter()
+            self.cpu = time.process_time() - self.cpu0
             self.gc_clock.on = False
             self.stop()  # type: ignore[attr-defined]
 
@@ -215,6 +229,7 @@ def detector_stage(
         runner.stats.consumed,
         engine.samples_seen,
         runner.stats.batches,
+        cpu=runner.cpu,
         extra={
             "findings": runner.stats.produced,
             "dead_lettered": runner.stats.dead_lettered,
@@ -234,35 +249,36 @@ def detector_stage(
 def engine_only(cfg: MeshwatchConfig, raws: list[bytes], chunk: int) -> Run:
     """DetectionEngine.process_columns on pre-decoded poll-sized batches, same order."""
     engine = DetectionEngine(cfg.detector)
-    took = 0.0
+    took = cpu = 0.0
     findings = 0
     for i in range(0, len(raws), chunk):
         cols, _ = columnar.columns([columnar.decode_golden(r) for r in raws[i : i + chunk]])
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         findings += len(engine.process_columns(cols))
         took += time.perf_counter() - t
-    return Run(took, len(raws), engine.samples_seen, extra={"findings": findings})
+        cpu += time.process_time() - c
+    return Run(took, len(raws), engine.samples_seen, cpu=cpu, extra={"findings": findings})
 
 
 def decode_only(raws: list[bytes], samples: int, chunk: int) -> tuple[Run, Run, Run]:
     """(stage's decoding, pydantic, orjson.loads) over all messages, GC paused
     per poll-sized chunk as in the loop."""
 
-    def timed(fn: Any) -> float:
+    def timed(fn: Any) -> Run:
         gc.disable()
         try:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for i in range(0, len(raws), chunk):
                 fn(raws[i : i + chunk])
-            return time.perf_counter() - t
+            return Run(time.perf_counter() - t, len(raws), samples, cpu=time.process_time() - c)
         finally:
             gc.enable()
 
-    fast = timed(lambda rs: columnar.columns([columnar.decode_golden(r) for r in rs]))
-    pyd = timed(lambda rs: [decode(GoldenBatch, r) for r in rs])
-    js = timed(lambda rs: [orjson.loads(r) for r in rs])
-    n = len(raws)
-    return Run(fast, n, samples), Run(pyd, n, samples), Run(js, n, samples)
+    return (
+        timed(lambda rs: columnar.columns([columnar.decode_golden(r) for r in rs])),
+        timed(lambda rs: [decode(GoldenBatch, r) for r in rs]),
+        timed(lambda rs: [orjson.loads(r) for r in rs]),
+    )
 
 
 # -- main ----------------------------------------------------------------------------
@@ -369,12 +385,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def line(label: str, run: Run, note: str = "") -> None:
         print(
-            f"  {label:<44} {fmt_rate(run.rate):>10} samples/s  "
-            f"{fmt_rate(run.messages / run.seconds):>8} msgs/s  {run.seconds:6.2f} s  {note}"
+            f"  {label:<48} {fmt_rate(run.rate):>9}/s wall {fmt_rate(run.cpu_rate):>9}/s CPU  "
+            f"{run.seconds:6.2f} s  {note}"
         )
 
     print()
-    print(f"route-samples per second (best of {args.repeat}):")
+    print(
+        f"route-samples per second (best of {args.repeat}; per wall second, "
+        "and per CPU second of this process, all threads):"
+    )
     line("(a)  reference: consume + decode (stage's)", ref, f"{ref.polls} polls")
     line("(a') reference: consume + decode (pydantic)", pyd_ref, f"{pyd_ref.polls} polls")
     line(
@@ -384,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{det.extra['findings']} findings, {det.extra['dead_lettered']} DLQ",
     )
     line(
-        "(b+) same, pipelined loop (PipelinedStageRunner)",
+        "(b+) same, pipelined loop",
         pip,
         f"{pip.polls} batches, {pip.extra['findings']} findings, {pip.extra['dead_lettered']} DLQ",
     )
@@ -443,6 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'PASS' if ratio >= 0.7 else 'FAIL'}"
     )
     print(f"  (b)/(a') vs consume+decode with pydantic          {det.rate / pyd_ref.rate:5.2f}")
+    print(
+        f"  per CPU second (less load-sensitive): (b) {fmt_rate(det.cpu_rate)}/s, "
+        f"(b)/(a) {det.cpu_rate / ref.cpu_rate:.2f}, (b+) {fmt_rate(pip.cpu_rate)}/s, "
+        f"(b+)/(a) {pip.cpu_rate / ref.cpu_rate:.2f}"
+    )
     print(
         f"  (b+) pipelined loop            {fmt_rate(pip.rate):>10} route-samples/s  "
         f"{'PASS' if pip.rate >= 100_000 else 'FAIL'};  (b+)/(a) {pip.rate / ref.rate:5.2f}  "
