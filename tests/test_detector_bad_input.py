@@ -89,18 +89,17 @@ def test_non_finite_and_negative_values_are_refused_with_the_field(change: Any, 
         proc.decode(raw)
 
 
-def test_values_a_lenient_decoder_let_through_are_dead_lettered_before_the_engine() -> None:
-    """Defence in depth: admission re-checks the decoded columns."""
+def test_a_non_finite_window_end_a_lenient_decoder_let_through_is_dead_lettered() -> None:
+    """The gate re-checks the one value it relies on, the window's end time."""
     proc = processor()
     good = windows(2)
-    s = good[1].samples[0].model_construct(**{**dict(good[1].samples[0]), "requests": -3})
-    bad = GoldenBatch.model_construct(**{**dict(good[1]), "samples": (s, good[1].samples[1])})
+    bad = GoldenBatch.model_construct(**{**dict(good[1]), "window_end": float("nan")})
     items = [item(proc, good[0], 0), Inbound("golden", 0, 1, WK.encode(), bad, 0)]
     out = list(proc.process(items))
     dlq = [o for o in out if ".dlq." in o.topic]
     assert len(dlq) == 1
     assert dict(dlq[0].headers)["meshwatch-reason"] == b"invalid value"
-    assert "samples.0.requests: -3 is negative" in decode(DeadLetter, dlq[0].value).error
+    assert "window_end: nan is not a finite number" in decode(DeadLetter, dlq[0].value).error
     assert proc.engine.samples_seen == 2  # only the good window's two routes
     assert counters(proc)[("meshwatch_detector_windows_rejected_total", "invalid value")] == 1
 
