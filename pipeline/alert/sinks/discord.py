@@ -9,6 +9,13 @@ stop using it (too many invalid requests earn an IP ban). A 404 for the
 
 Rate limits come as 429 with ``Retry-After`` and a JSON ``retry_after`` in
 (fractional) seconds; the JSON value is the more precise and is preferred.
+
+Edits are idempotent, but the first post is not: an executed webhook takes
+no idempotency key (``nonce``/``enforce_nonce`` exist only for a bot's
+Create Message) and a webhook cannot list the channel's messages, so a post
+whose answer was lost (timeout, or an alerter crash before the outbox
+tombstone) may appear twice. The copy carries the same notification id in
+its footer; later edits go to the message whose id was kept.
 """
 
 from __future__ import annotations
@@ -98,7 +105,11 @@ def build_message(n: Notification, *, image: str | None = None) -> dict[str, Any
             {"name": k, "value": clip(escape(v), 200) or "-", "inline": True}
             for k, v in fields[:MAX_FIELDS]
         ],
-        "footer": {"text": clip(f"meshwatch · fingerprint {n.fingerprint}", MAX_FOOTER)},
+        "footer": {
+            "text": clip(
+                f"meshwatch · fingerprint {n.fingerprint} · id {n.notification_id}", MAX_FOOTER
+            )
+        },
         "timestamp": datetime.fromtimestamp(f.window_end, tz=UTC).isoformat(),
     }
     if links:
