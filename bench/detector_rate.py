@@ -56,6 +56,7 @@ from common import (
 from pipeline.config import MeshwatchConfig
 from pipeline.detect import columnar
 from pipeline.detect.engine import DetectionEngine
+from pipeline.detect.scoring import ModelScoring
 from pipeline.detect.stage import DetectorProcessor
 from pipeline.kafka.clients import make_consumer
 from pipeline.kafka.topics import ensure_topics
@@ -246,9 +247,14 @@ def detector_stage(
 # -- (c), (d) in memory --------------------------------------------------------------
 
 
-def engine_only(cfg: MeshwatchConfig, raws: list[bytes], chunk: int) -> Run:
-    """DetectionEngine.process_columns on pre-decoded poll-sized batches, same order."""
+def engine_only(
+    cfg: MeshwatchConfig, raws: list[bytes], chunk: int, *, trained: bool = True
+) -> Run:
+    """DetectionEngine.process_columns on pre-decoded poll-sized batches, same order
+    (``trained=False``: without the trained-model layer, baselines only)."""
     engine = DetectionEngine(cfg.detector)
+    if not trained:
+        engine.scoring = ModelScoring(use_default=False)
     took = cpu = 0.0
     findings = 0
     for i in range(0, len(raws), chunk):
@@ -351,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dets: list[Run] = []
         pips: list[Run] = []
         engs: list[Run] = []
+        bases: list[Run] = []
         decs: list[tuple[Run, Run, Run]] = []
         load = [os.getloadavg()[0]]
         for rep in range(args.repeat):
@@ -370,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pyds.append(reference_consume(cfg, n_msgs, args.timeout, fast=False))
             chunk = max(1, round(dets[0].extra["mean_batch"]))
             engs.append(engine_only(cfg, raws, chunk))
+            bases.append(engine_only(cfg, raws, chunk, trained=False))
             decs.append(decode_only(raws, n_samples, chunk))
             load.append(os.getloadavg()[0])
         _, peak = rss_mib()
@@ -379,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     det = max(dets, key=lambda r: r.rate)
     pip = max(pips, key=lambda r: r.rate)
     eng = max(engs, key=lambda r: r.rate)
+    base = max(bases, key=lambda r: r.rate)
     dec = max((d[0] for d in decs), key=lambda r: r.rate)
     pyd = max((d[1] for d in decs), key=lambda r: r.rate)
     js = max((d[2] for d in decs), key=lambda r: r.rate)
@@ -408,6 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{pip.polls} batches, {pip.extra['findings']} findings, {pip.extra['dead_lettered']} DLQ",
     )
     line(f"(c)  engine alone ({chunk} msgs/call)", eng, f"{eng.extra['findings']} findings")
+    line(
+        "(c0) engine alone, baselines only (no trained layer)",
+        base,
+        f"{base.extra['findings']} findings",
+    )
     line("(d)  decode alone (msgspec + columns)", dec)
     line("     decode alone (pydantic)", pyd)
     line("     json parse alone (orjson.loads)", js)
@@ -430,6 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"where (b)'s {stage_us:.1f} µs/sample goes: decode {dec.seconds * us:.1f}, "
         f"engine {eng.seconds * us:.1f}, cyclic GC {gc_us:.1f}, "
         f"kafka fetch ≈{kafka_us:.1f} (a − d), rest (produce/commit/loop/frees) ≈{rest:.1f}"
+    )
+    print(
+        f"engine per sample: {eng.seconds * us:.1f} µs, of which the trained-model layer "
+        f"≈{(eng.seconds - base.seconds) * us:.1f} (c − c0)"
     )
     print(
         f"decode per sample: stage's {dec.seconds * us:.1f} µs, pydantic {pyd.seconds * us:.1f} µs "
