@@ -280,3 +280,17 @@ def test_without_a_channel_id_the_lookup_is_skipped_and_the_post_goes_out() -> N
         assert look.status == 200 and not look.valid  # channel_not_found, as Slack says
 
     serve(SlackApiReceiver(), body)
+
+
+def test_a_resumed_firing_whose_refs_were_saved_does_not_reply_to_itself() -> None:
+    """The crash came after the incident kept the message ts, before the tombstone."""
+
+    async def body(rx: SlackApiReceiver, client: httpx.AsyncClient) -> None:
+        n = make_notification()
+        first = await once(id_sink(rx), n, client)
+        again = await once(id_sink(rx), resumed(with_refs(n, "slack", first.refs)), client)
+        assert again.delivered
+        (parent,) = rx.top_level(CHANNEL)
+        assert rx.thread(CHANNEL, parent.ts) == []
+
+    serve(SlackApiReceiver(), body)

@@ -14,7 +14,10 @@ are owed, in the order they were decided, and:
   (again) after the restart. The only duplicate left is a notice whose
   HTTP request was answered in the last moments before the crash, and it
   carries the same notification id (``X-Meshwatch-Notification-Id``,
-  PagerDuty ``dedup_key``, …) so idempotent targets drop it.
+  PagerDuty ``dedup_key``, …) so idempotent targets drop it. Restored
+  entries are handed to sinks as ``resumed`` notifications, so a sink that
+  can ask its target (Slack bot: the message metadata) looks before posting;
+  docs/sinks.md lists what each target does with a repeat.
 
 Entries go to the partition of their lead incident, so the replica that owns
 an incident also owns its pending notices, and a rebalance moves them along.

@@ -354,12 +354,16 @@ class SlackBotApiSink:
     async def _find_reply(
         self, client: httpx.AsyncClient, n: Notification, channel: str, ts: str
     ) -> dict[str, str] | None:
-        """This notice's reply in the incident's thread, if an earlier attempt posted it."""
+        """This notice's reply in the incident's thread, if an earlier attempt posted it.
+
+        The parent itself counts too: a restored firing whose refs were saved
+        before the crash was the parent post, and must not become a reply.
+        """
         body = {"channel": channel, "ts": ts, "limit": 1000, "include_all_metadata": "true"}
         # (a thread of one incident holds a few replies; 1,000 is Slack's page size)
         data = await self._look(client, "conversations.replies", body)
         for message in (data or {}).get("messages") or []:
-            if message.get("ts") != ts and _carries(message, n.notification_id):
+            if _carries(message, n.notification_id):
                 return {"ts": str(message["ts"])}
         return None
 
