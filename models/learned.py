@@ -106,9 +106,26 @@ class LearnedModel:
 
 
 def calibrate(reference: FloatArray, raw: FloatArray) -> FloatArray:
-    """Share of the normal reference scoring strictly below each raw score."""
-    below = np.searchsorted(reference, raw, side="left")
-    return np.asarray(below / (reference.size + 1.0), dtype=np.float64)
+    """Share of normal windows expected to score below each raw score.
+
+    Inside the reference, the empirical share. In its top 1 % (at least 10
+    points) the tail is modelled as exponential over the threshold ``u``
+    where that tail starts (peaks over threshold): ``P(X > x) = (m / n) *
+    exp(-(x - u) / beta)``, ``beta`` the mean excess of the top ``m``. So a
+    window far beyond anything seen in the reference scores close to 1
+    rather than at ``n / (n + 1)`` — a 1e-4 budget stays reachable with a
+    reference of a few thousand windows.
+    """
+    n = reference.size
+    below = np.searchsorted(reference, raw, side="left") / (n + 1.0)
+    m = max(10, n // 100)
+    if n <= m:
+        return np.asarray(below, dtype=np.float64)
+    u = float(reference[n - m - 1])
+    beta = max(float(np.mean(reference[n - m :] - u)), 1e-12)
+    with np.errstate(over="ignore"):
+        tail = 1.0 - (m / (n + 1.0)) * np.exp(-(np.maximum(raw, u) - u) / beta)
+    return np.asarray(np.where(raw > u, tail, below), dtype=np.float64)
 
 
 def fit(

@@ -56,18 +56,51 @@ DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 DEFAULT_VERSION = "default"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
-#: Every type a model file may contain (skops refuses anything else).
+#: Every type a model file may contain; skops builds nothing else, and any
+#: other type named in the file (even one skops itself would trust) is refused.
 TRUSTED_PREFIXES = (
-    "sklearn.ensemble._iforest.",
+    "sklearn.ensemble._iforest.IsolationForest",
+    "sklearn.tree._classes.ExtraTreeRegressor",
+    "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.",
-    "sklearn.tree._classes.",
-    "sklearn.tree._tree.",
     "sklearn._loss.",
-    "sklearn.preprocessing.",
-    "numpy.",
-    "builtins.",
-    "collections.",
+    "sklearn.preprocessing._label.LabelEncoder",
 )
+TRUSTED_TYPES = frozenset(
+    [f"builtins.{t}" for t in ("dict", "list", "str", "tuple", "int", "float", "bool",
+                               "NoneType", "bytes", "set", "frozenset", "slice")]
+    + [f"numpy.{t}" for t in ("ndarray", "dtype", "bool_", "int8", "int16", "int32", "int64",
+                              "uint8", "uint16", "uint32", "uint64", "float32", "float64",
+                              "intp")]
+    + [
+        "numpy.random._generator.Generator",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random.bit_generator.SeedSequence",
+        "numpy.random._mt19937.MT19937",
+        "numpy.random.mtrand.RandomState",
+    ]
+)  # fmt: skip
+
+
+def allowed(type_name: str) -> bool:
+    return type_name in TRUSTED_TYPES or type_name.startswith(TRUSTED_PREFIXES)
+
+
+def types_in(data: bytes) -> set[str]:
+    """Every ``module.Class`` a skops file names (its schema.json, walked)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        schema = json.loads(z.read("schema.json"))
+    found: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node and "__module__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 class ArtifactError(Exception):
@@ -154,10 +187,11 @@ def dump_model(model: LearnedModel) -> bytes:
 def load_model(data: bytes, manifest: Mapping[str, Any], where: str) -> LearnedModel:
     """Rebuild a model from skops bytes, trusting only the allow-listed types."""
     try:
+        named = types_in(data)
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:
         raise ArtifactError(f"{where}: not a readable skops file ({exc})") from exc
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
+    refused = sorted(t for t in named | set(untrusted) if not allowed(t))
     if refused:
         raise ArtifactError(f"{where}: contains types that are not allowed: {refused}")
     try:

@@ -123,9 +123,15 @@ def test_labelled_windows_train_a_classifier() -> None:
     assert s[lab2 & js["latency"]].min() > s[~lab2 & js["latency"]].mean()
 
 
-def test_calibrate_is_the_share_of_normal_scores_below() -> None:
-    ref = np.sort(np.arange(99, dtype=float))
-    assert calibrate(ref, np.array([-1.0, 49.5, 1e9])).tolist() == [0.0, 0.5, 0.99]
+def test_calibrate_is_the_share_of_normal_scores_below_with_an_exponential_tail() -> None:
+    ref = np.sort(np.random.default_rng(0).exponential(1.0, 2000))
+    s = calibrate(ref, np.array([-1.0, float(np.median(ref)), 9.0, 12.0, 1e9]))
+    assert s[0] == 0.0
+    assert s[1] == pytest.approx(0.5, abs=0.01)
+    # beyond the reference: the exponential tail, not the 1 - 1/2001 ceiling
+    assert s[2] == pytest.approx(1 - np.exp(-9.0), rel=0, abs=5e-4)
+    assert s[2] < s[3] < s[4] == 1.0
+    assert 1 - s[3] < 1e-4 < 1 - s[2]
 
 
 def test_a_model_for_other_features_is_refused(
