@@ -70,11 +70,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         scenario_windows=args.scenario_windows,
     )
     console = Console(stderr=True)
+    metrics = _serve_metrics(args.metrics_address)
     try:
         result = run(cfg, opts, console)
     except ArtifactError as exc:
         console.print(f"[red]registry error:[/red] {exc}")
         return EXIT_ERROR
+    if metrics is not None:
+        metrics(result.exit_code, result.timings)
     out = Console()
     if result.candidate is not None:
         out.print(summary_table(result))
@@ -89,6 +92,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     }.get(result.exit_code, "failed")
     out.print(verdict)
     return result.exit_code
+
+
+def _serve_metrics(address: str | None) -> Any:
+    """While the job runs, /metrics says it is running; at the end, how it went."""
+    if not address:
+        return None
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    host, _, port = address.rpartition(":")
+    registry = CollectorRegistry()
+    running = Gauge("meshwatch_train_running", "1 while a training run is in progress",
+                    registry=registry)  # fmt: skip
+    exit_code = Gauge("meshwatch_train_exit_code", "Exit code of the run", registry=registry)
+    phase = Gauge("meshwatch_train_phase_seconds", "Seconds per phase", ["phase"],
+                  registry=registry)  # fmt: skip
+    start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)
+    running.set(1)
+
+    def done(code: int, timings: dict[str, float]) -> None:
+        running.set(0)
+        exit_code.set(code)
+        for name, secs in timings.items():
+            phase.labels(name).set(secs)
+
+    return done
 
 
 def _registry(args: argparse.Namespace) -> tuple[MeshwatchConfig, Registry]:
@@ -222,6 +250,9 @@ def add_commands(sub: Any) -> None:
         help="rebuild the default artifact shipped in models/default/ from simulated history",
     )
     tr.add_argument("--report", type=Path, default=None, help="report folder")
+    tr.add_argument(
+        "--metrics-address", default=None, help="host:port to serve the run's /metrics on"
+    )
     tr.add_argument("--no-event", action="store_true", help="do not announce on the models topic")
     tr.add_argument(
         "--scenario-windows",
