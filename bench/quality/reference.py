@@ -11,8 +11,13 @@ with ``N`` = 3 (a ``for: 30s`` at 10 s windows). An alert opens when a
 condition has held ``N`` windows and closes when it stops holding.
 
 **Rolling z-score** (real series): for each point, the mean and standard
-deviation of the previous ``W`` points; an alert opens when ``|z|`` reaches
-the threshold and the previous point was under it (one alert per excursion).
+deviation of the previous ``W`` *hours* of points; an alert opens when
+``|z|`` reaches the threshold and the previous point was under it (one alert
+per excursion). The window is a span of time, not a count of points: the
+dataset mixes hourly and one-minute series, and a 48-point window is two
+days of an hourly series but 48 minutes of a one-minute one — far too short
+to know what normal looks like (it drew over 1,000 false alerts on each
+one-minute group and made the reference look weaker than it is).
 """
 
 from __future__ import annotations
@@ -55,14 +60,21 @@ def static_rule_alerts(samples: Sequence[GoldenSample]) -> list[Alert]:
 
 
 def rolling_z_alerts(
-    times: Sequence[float], values: Sequence[float], key: str, window: int, threshold: float
+    times: Sequence[float],
+    values: Sequence[float],
+    key: str,
+    window_hours: float,
+    threshold: float,
+    step_seconds: float,
 ) -> list[Alert]:
-    """Missing values are skipped: the trailing window is the previous W present points."""
+    """Missing values are skipped: the trailing window is the previous W present points,
+    W being ``window_hours`` in points of ``step_seconds`` (at least 2)."""
     v = np.asarray(values, dtype=np.float64)
     t = np.asarray(times, dtype=np.float64)
     ok = np.isfinite(v)
     v, t = v[ok], t[ok]
     n = v.size
+    window = max(round(window_hours * 3600.0 / step_seconds), 2)
     if n <= window:
         return []
     c1 = np.concatenate(([0.0], np.cumsum(v)))
