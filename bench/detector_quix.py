@@ -188,6 +188,7 @@ def quix_run(
         clock["t1"] - clock["t0"],
         done["msgs"],
         done["samples"],
+        cpu=clock["c1"] - clock["c0"],
         extra={"findings": done["findings"]},
     )
 
