@@ -43,7 +43,9 @@ def item(proc: DetectorProcessor, b: GoldenBatch, offset: int = 0) -> Inbound[An
 
 
 def run(proc: DetectorProcessor, batches: list[GoldenBatch]) -> list[Output]:
-    return list(proc.process([item(proc, b, i) for i, b in enumerate(batches)]))
+    """Append ``batches`` to the partition (each at a new offset) and process them."""
+    start = proc.admission.seen_through.get(0, -1) + 1
+    return list(proc.process([item(proc, b, start + i) for i, b in enumerate(batches)]))
 
 
 def counters(proc: DetectorProcessor) -> dict[tuple[str, str], float]:
@@ -148,6 +150,31 @@ def test_duplicates_inside_one_batch_are_taken_once() -> None:
     c = counters(proc)
     assert c[("meshwatch_detector_windows_dropped_total", "duplicate_window")] == 1
     assert c[("meshwatch_detector_windows_dropped_total", "out_of_order_window")] == 1
+
+
+def test_a_batch_retried_message_by_message_is_not_taken_for_duplicates() -> None:
+    """The stage loop retries a failed batch one message at a time."""
+    data = windows(12)
+    proc = processor()
+    inner = proc.engine.process_decoded
+    calls = []
+
+    def flaky(values: Any) -> Any:
+        calls.append(len(values))
+        if len(calls) == 1:
+            raise RuntimeError("engine failed on the whole batch")
+        return inner(values)
+
+    proc.engine.process_decoded = flaky  # type: ignore[method-assign]
+    items = [item(proc, b, i) for i, b in enumerate(data)]
+    with pytest.raises(RuntimeError):
+        list(proc.process(items))
+    for it in items:  # what StageRunner._process does next
+        list(proc.process([it]))
+    assert proc.engine.samples_seen == 12 * 2
+    assert (
+        counters(proc).get(("meshwatch_detector_windows_dropped_total", "duplicate_window"), 0) == 0
+    )
 
 
 # -- clock skew ------------------------------------------------------------------

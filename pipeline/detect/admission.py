@@ -89,6 +89,11 @@ class Admission:
         self.metrics = metrics
         #: workload key -> window end of the newest window admitted
         self.last_window: dict[str, float] = {}
+        #: partition -> highest offset this gate has seen. The stage loop retries
+        #: a failed batch message by message; a message at or below it is such a
+        #: retry, not a duplicate (the engine's own per-route check still keeps
+        #: any window it already learned from being learned twice).
+        self.seen_through: dict[int, int] = {}
 
     def admit(self, batch: Sequence[Inbound[Any]]) -> Admitted:
         if not batch:
@@ -100,15 +105,20 @@ class Admission:
         n_late = int(np.count_nonzero(ends < now - self.cfg.late_after_seconds))
         out = Admitted([])
         last = self.last_window
+        through = self.seen_through
         dup = ooo = 0
         # one dictionary lookup per message, on plain Python values
         for item, v, end, no in zip(batch, values, ends.tolist(), refused.tolist(), strict=True):
             if no:
                 out.rejected.append(self._refuse(item, end, now))
                 continue
+            p = item.partition
+            retry = item.offset <= through.get(p, -1)
+            if not retry:
+                through[p] = item.offset
             wk = v.workload_key
             seen = last.get(wk)
-            if seen is not None and end <= seen:
+            if seen is not None and end <= seen and not retry:
                 if end == seen:
                     dup += 1
                 else:

@@ -284,6 +284,7 @@ class DetectorProcessor:
             for key in c.keys:
                 self._partition_of.setdefault(workload_of(key), p)
         self._next_offset[p] = meta.offset
+        self.admission.seen_through[p] = meta.offset - 1  # the state is at this offset
         info["routes"] = sum(len(c.keys) for c in chunks)
         info["offset"] = meta.offset
         return meta.offset
