@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -373,3 +374,67 @@ def test_a_killed_replica_is_replaced_with_restored_state(
         for k in metrics_b
     )
     assert metrics_b.get('meshwatch_findings_total{kind="latency",status="firing"}', 0) >= 1
+
+
+@pytest.mark.integration
+def test_a_rebalance_hands_state_over_through_the_revoke_checkpoint(
+    kafka_cfg: MeshwatchConfig,
+) -> None:
+    """A second replica joins: the first checkpoints what it gives up, keeps what
+    it keeps without a restore, and the newcomer starts warm with nothing to replay."""
+    from pipeline.detect.stage import DetectorProcessor
+    from pipeline.stage.loop import StageRunner
+
+    cfg = kafka_cfg.model_copy(deep=True)
+    cfg.detector = cfg.detector.model_copy(
+        update={
+            "warmup_windows": 10,
+            "state": cfg.detector.state.model_copy(update={"checkpoint_interval_seconds": 3600}),
+        }
+    )
+    data = golden(WORKLOADS, range(1, 41), dict.fromkeys(range(33, 37), 8.0))
+    expected = {f.id for f in DetectionEngine(cfg.detector).process([b for _, b in data])}
+    runners = []
+
+    def start(proc: DetectorProcessor) -> StageRunner:
+        runner = StageRunner(cfg, proc, cfg.topics.golden, "det", metrics=proc.metrics)
+        threading.Thread(target=runner.run, daemon=True).start()
+        runners.append(runner)
+        return runner
+
+    first = DetectorProcessor(cfg, group_id="det")
+    second = DetectorProcessor(cfg, group_id="det")
+    try:
+        r1 = start(first)
+        wait_until(lambda: r1.stats.assigned == tuple(range(6)), timeout=30, what="first: all")
+        phase1 = [x for x in data if x[0] <= 25]
+        produce_windows(cfg, phase1)
+        wait_until(lambda: r1.stats.consumed >= len(phase1), timeout=30, what="phase 1")
+        r2 = start(second)
+        wait_until(
+            lambda: (
+                bool(r2.stats.assigned) and len(r1.stats.assigned) + len(r2.stats.assigned) == 6
+            ),
+            timeout=30,
+            what="shares after the rebalance",
+        )
+        produce_windows(cfg, [x for x in data if x[0] > 25])
+        wait_until(
+            lambda: r1.stats.consumed + r2.stats.consumed >= len(data), timeout=30, what="all"
+        )
+    finally:
+        for r in runners:
+            r.stop()
+    for p in r2.stats.assigned:
+        info = second.restored[p]
+        assert info["routes"] == 2 * 2 and info["replayed"] == 0, (p, info)
+    for p in r1.stats.assigned:
+        assert first.restored[p]["kept"] is True, (p, first.restored[p])
+    records = read_records(
+        cfg,
+        cfg.topics.findings,
+        lambda r: {decode(Finding, x.value).id for x in r} >= expected,
+        timeout=20,
+    )
+    ids = [decode(Finding, r.value).id for r in records]
+    assert sorted(ids) == sorted(expected)
