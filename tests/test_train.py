@@ -19,7 +19,7 @@ from pipeline.train.evaluate import Evaluation, compare
 from pipeline.train.job import EXIT_NO_DATA, EXIT_PUBLISHED
 from tests.kafka_helpers import produce, read_records
 
-WINDOWS = 100
+WINDOWS = 80
 
 
 def _config(cfg: MeshwatchConfig, tmp: Path) -> Path:
@@ -62,7 +62,7 @@ def test_train_replays_the_golden_topic_publishes_and_announces(
     report = tmp_path / "report"
     code = main(
         ["train", "-c", str(config), "--since", "0", "--report", str(report),
-         "--scenario-windows", "100"]
+         "--scenario-windows", "80"]
     )  # fmt: skip
     assert code == EXIT_PUBLISHED
     reg = Registry.at(tmp_path / "registry")
@@ -78,7 +78,7 @@ def test_train_replays_the_golden_topic_publishes_and_announces(
     assert "Candidate against production" in (report / "index.html").read_text()
     # the produced model loads and scores features built by the detector's code
     loaded = reg.load("v0001")
-    hist = simulated.history(40, seed=9)
+    hist = simulated.history(35, seed=9)
     builder = DatasetBuilder(kafka_cfg.detector)
     builder.add(hist.samples)
     ds = builder.finish()

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from models.detector import RouteDetector
+from models.detector import Observations, RouteDetector
 from models.features import FEATURE_NAMES, window_features
 from models.learned import LEARNED_KINDS
-from pipeline.backtest.inputs import iter_windows
 from pipeline.config import DetectorConfig
-from pipeline.detect.engine import observations, params_from_config
+from pipeline.detect import columnar
+from pipeline.detect.columnar import GoldenColumns
+from pipeline.detect.engine import RouteKeys, observations_of, params_from_config
 from pipeline.schema import GoldenSample
 
 FloatArray = npt.NDArray[np.float64]
@@ -80,6 +81,7 @@ class DatasetBuilder:
     seed: int = 0
     labeller: Labeller | None = None
     _det: RouteDetector = field(init=False)
+    _keys: RouteKeys = field(init=False)
     _rng: np.random.Generator = field(init=False)
     _chunks: list[_Chunk] = field(default_factory=list, init=False)
     _rows: int = field(default=0, init=False)
@@ -90,23 +92,41 @@ class DatasetBuilder:
 
     def __post_init__(self) -> None:
         self._det = RouteDetector(params_from_config(self.detector))
+        self._keys = RouteKeys()
         self._rng = np.random.default_rng(self.seed)
 
     def add(self, samples: Sequence[GoldenSample]) -> None:
         """Judge a chunk of history (any order across routes; each route in time order)."""
-        ordered = sorted(samples, key=lambda s: s.window_end)
-        for group in iter_windows(ordered):
-            self._add_window(group)
+        if samples:
+            self.add_columns(columnar.from_samples(list(samples)))
+
+    def add_decoded(self, decoded: Sequence[columnar.Decoded]) -> int:
+        """A chunk of fast-decoded golden messages; returns how many were refused."""
+        if not decoded:
+            return 0
+        cols, rejected = columnar.columns(decoded)
+        if len(cols):
+            self.add_columns(cols)
+        return len(rejected)
 
     def add_all(self, chunks: Iterable[Sequence[GoldenSample]]) -> None:
         for chunk in chunks:
             self.add(chunk)
 
-    def _add_window(self, group: list[GoldenSample]) -> None:
+    def add_columns(self, cols: GoldenColumns) -> None:
+        """Columns of a chunk, judged one window at a time (in time order), so each
+        window's features see exactly the state the running detector would have."""
+        obs = observations_of(self._det, cols, self._keys(cols.keys))
+        order = np.argsort(obs.window_end, kind="stable")
+        ends = obs.window_end[order]
+        cuts = np.flatnonzero(np.diff(ends)) + 1
+        for idx in np.split(order, cuts):
+            self._add_window(obs.take(idx))
+
+    def _add_window(self, obs: Observations) -> None:
         det = self._det
-        obs = observations(det, group)
         verdicts = det.process(obs)
-        self.samples_seen += len(group)
+        self.samples_seen += len(obs)
         self.windows_seen += 1
         if verdicts.index.size == 0:
             return

@@ -21,8 +21,9 @@ from pydantic import ValidationError
 
 from pipeline.backtest.inputs import read_golden_jsonl
 from pipeline.config import MeshwatchConfig
+from pipeline.detect.columnar import Decoded, decode_golden
 from pipeline.kafka.replay import read_to_end
-from pipeline.schema import GoldenBatch, GoldenSample, decode
+from pipeline.schema import GoldenSample
 
 log = logging.getLogger(__name__)
 CHUNK = 20_000
@@ -37,30 +38,35 @@ def topic_chunks(
     progress: Progress | None = None,
     stats: dict[str, int] | None = None,
     timeout_s: float = 3600.0,
-) -> Iterator[list[GoldenSample]]:
-    """The golden topic's samples with ``since < window_end <= until``, in chunks."""
+) -> Iterator[list[Decoded]]:
+    """The golden topic's messages with ``since < window_end <= until``, decoded
+    with the detector's fast decoder, in chunks of about ``CHUNK`` samples."""
     topic = cfg.topics.golden
     parts = range(cfg.topics.specs["golden"].partitions)
-    chunk: list[GoldenSample] = []
+    chunk: list[Decoded] = []
+    n = 0
     counts = stats if stats is not None else {}
     counts.setdefault("records", 0)
     counts.setdefault("invalid", 0)
     for record in read_to_end(cfg.kafka, topic, list(parts), timeout_s=timeout_s):
         counts["records"] += 1
         try:
-            batch = decode(GoldenBatch, record.value)
+            batch = decode_golden(record.value)
         except ValidationError:
             counts["invalid"] += 1  # the detector sent it to the DLQ already; skip
             continue
-        chunk.extend(s for s in batch.samples if since < s.window_end <= until)
-        if len(chunk) >= CHUNK:
+        if not since < batch.window_end <= until:
+            continue
+        chunk.append(batch)
+        n += len(batch.samples)
+        if n >= CHUNK:
             if progress:
-                progress(len(chunk))
+                progress(n)
             yield chunk
-            chunk = []
+            chunk, n = [], 0
     if chunk:
         if progress:
-            progress(len(chunk))
+            progress(n)
         yield chunk
 
 

@@ -18,7 +18,6 @@ shipped with the package (``models/default/``), evaluated the same way.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from rich.table import Table
 from models.learned import fit
 from models.registry import DEFAULT_DIR, ArtifactError, Loaded, Registry, write_dir
 from pipeline.config import MeshwatchConfig
-from pipeline.schema import GoldenSample
 from pipeline.train import simulated
 from pipeline.train.dataset import Dataset, DatasetBuilder
 from pipeline.train.evaluate import Evaluation, compare, evaluate
@@ -74,21 +72,26 @@ class TrainResult:
     manifest: dict[str, Any] | None = None
 
 
-def _chunks(
-    cfg: MeshwatchConfig, opts: TrainOptions, advance: Any, stats: dict[str, int]
-) -> Iterator[Sequence[GoldenSample]]:
+def _read(
+    builder: DatasetBuilder,
+    cfg: MeshwatchConfig,
+    opts: TrainOptions,
+    advance: Any,
+    stats: dict[str, int],
+) -> None:
     from pipeline.train.history import file_chunks, topic_chunks
 
     if opts.source == "file":
         assert opts.file is not None
-        yield from file_chunks(opts.file, advance)
+        builder.add_all(file_chunks(opts.file, advance))
     elif opts.source == "simulated":
         for _, out, _sim in simulated.batches(opts.simulated_windows, seed=opts.seed + 101):
             samples = [s for b in out for s in b.samples]
             advance(len(samples))
-            yield samples
+            builder.add(samples)
     else:
-        yield from topic_chunks(cfg, opts.since, opts.until, progress=advance, stats=stats)
+        for decoded in topic_chunks(cfg, opts.since, opts.until, progress=advance, stats=stats):
+            stats["refused"] = stats.get("refused", 0) + builder.add_decoded(decoded)
 
 
 def run(cfg: MeshwatchConfig, opts: TrainOptions, console: Console | None = None) -> TrainResult:
@@ -117,8 +120,7 @@ def run(cfg: MeshwatchConfig, opts: TrainOptions, console: Console | None = None
             seen[0] += n
             progress.update(task, advance=n, info=f"{seen[0]:,} samples")
 
-        for chunk in _chunks(cfg, opts, advance, stats):
-            builder.add(chunk)
+        _read(builder, cfg, opts, advance, stats)
         ds = builder.finish()
         progress.update(task, total=seen[0], completed=seen[0])
         result.dataset = ds
