@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import (
     MeshShape,
@@ -39,6 +40,7 @@ from common import (
 )
 
 from pipeline.detect.columnar import decode_golden
+from pipeline.kafka.clients import make_producer
 from pipeline.kafka.replay import read_to_end
 from pipeline.kafka.topics import ensure_topics
 
@@ -54,12 +56,115 @@ def replay_decode_rate(cfg: object, topic: str, partitions: int) -> tuple[int, f
     return n, time.perf_counter() - started
 
 
+def reload_latency(cfg: Any, registry_dir: Path, detectors: int = 2, rounds: int = 5) -> None:
+    """Promote → every running detector scoring with the new version, measured.
+
+    ``detectors`` detector stages (follower + stage loop, as ``meshwatch
+    detect`` runs them) consume a golden topic that receives a window every
+    50 ms; each round promotes the other version and times until all of them
+    have adopted it. Reference: the models event's own trip (send → a
+    follower's consumer has it).
+    """
+    import threading
+
+    from models.registry import Registry
+    from pipeline.detect.stage import DetectorProcessor
+    from pipeline.registry.events import ModelEvent, publish_event
+    from pipeline.registry.follow import follow_models
+    from pipeline.schema import GoldenBatch, GoldenSample, encode
+    from pipeline.stage.loop import StageRunner
+
+    cfg = cfg.model_copy(
+        update={"models": cfg.models.model_copy(update={"registry_dir": str(registry_dir)})}
+    )
+    reg = Registry.at(registry_dir)
+    first = reg.versions()[0]
+    second = reg.publish(reg.load(first).model, training={}, metrics={}, false_alert_budget=1e-4)
+    reg.promote(first)
+    procs, runners, followers, threads = [], [], [], []
+    for _ in range(detectors):
+        proc = DetectorProcessor(cfg)
+        followers.append(follow_models(cfg, proc.engine.scoring))
+        runner = StageRunner(cfg, proc, cfg.topics.golden, "reload-bench")
+        t = threading.Thread(target=runner.run, daemon=True)
+        t.start()
+        procs.append(proc)
+        runners.append(runner)
+        threads.append(t)
+    stop = threading.Event()
+    producer = make_producer(cfg.kafka, "bench-feed")
+
+    def feed() -> None:
+        base = time.time() - 86400.0  # a day ago: late windows, judged as usual
+        i = 0
+        while not stop.is_set():
+            end = base + 10.0 * i
+            for w in range(6):  # a few workloads, spread over the golden partitions
+                s = GoldenSample(
+                    window_end=end, window_seconds=10.0, namespace="bench",
+                    workload_kind="deploy", workload=f"w{w}", direction="inbound",
+                    route="GET /", requests=100, successes=100,
+                )  # fmt: skip
+                b = GoldenBatch(
+                    workload_key=f"bench/deploy/w{w}", window_end=end, window_seconds=10.0,
+                    samples=(s,),
+                )  # fmt: skip
+                producer.send(cfg.topics.golden, key=b.workload_key.encode(), value=encode(b))
+            producer.flush()
+            i += 1
+            stop.wait(0.05)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        _until(lambda: all(p.engine.scoring.version == first for p in procs), 60)
+        lat, trip = [], []
+        for r in range(rounds):
+            target = second if r % 2 == 0 else first
+            before = [f.events for f in followers]
+            seen = lambda before=before: all(  # noqa: E731
+                f.events > b for f, b in zip(followers, before, strict=True)
+            )
+            t0 = time.perf_counter()
+            reg.promote(target)
+            publish_event(cfg, ModelEvent(action="promote", version=target, registry="bench"))
+            _until(seen, 30)
+            trip.append(time.perf_counter() - t0)
+            _until(lambda target=target: all(p.engine.scoring.version == target for p in procs), 30)
+            lat.append(time.perf_counter() - t0)
+        lat.sort()
+        trip.sort()
+        print(f"promote -> all {detectors} detectors using it: median {lat[len(lat) // 2]:.2f} s, "
+              f"max {lat[-1]:.2f} s over {rounds} promotions (target < 5 s); "
+              f"event trip alone: median {trip[len(trip) // 2]:.2f} s "
+              f"(ratio {lat[len(lat) // 2] / trip[len(trip) // 2]:.2f})")  # fmt: skip
+    finally:
+        stop.set()
+        feeder.join(5)
+        producer.close()
+        for runner in runners:
+            runner.stop()
+        for t in threads:
+            t.join(10)
+        for f in followers:
+            f.stop()
+
+
+def _until(cond: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.005)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--routes", type=int, default=1000)
     ap.add_argument("--windows", type=int, default=360)
     ap.add_argument("--bootstrap", default=None, help="an existing broker (default: embedded)")
     ap.add_argument("--out", type=Path, default=None, help="report folder (default: a temp dir)")
+    ap.add_argument("--no-reload", action="store_true", help="skip the promote→reload part")
     args = ap.parse_args()
     shape = MeshShape(routes=args.routes, windows=args.windows, fault_share=0.01, fault_from=200)
     print(f"machine: {machine_line()} (shared with other jobs: numbers are noisy)")
@@ -121,6 +226,8 @@ def main() -> int:
               f"{projected / 60:.1f} min (target {TARGET_SECONDS / 60:.0f} min) — "
               f"{'within' if projected <= TARGET_SECONDS else 'OVER'} target")  # fmt: skip
         print(f"report: {out / 'index.html'}")
+        if not args.no_reload:
+            reload_latency(cfg, Path(tmp) / "registry")
     return 0
 
 
