@@ -61,10 +61,12 @@ class KafkaConfig(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
+    sasl_plain_password_file: Path | None = None
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
+    ssl_password_file: Path | None = None
     session_timeout_ms: int = Field(10_000, ge=1_000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_records: int = Field(500, ge=1)
@@ -97,6 +99,13 @@ class KafkaConfig(_Section):
     def _sasl(self) -> KafkaConfig:
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        for name in ("sasl_plain_password", "ssl_password"):
+            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
+                raise ValueError(f"set at most one of {name} and {name}_file")
+        # the password may arrive only in the pod's environment: checked when a client is built
+        usernamed = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        if self.sasl_mechanism in usernamed and not self.sasl_plain_username:
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_plain_username")
         return self
 
 
