@@ -910,7 +910,7 @@ class ModelsConfig(_Section):
     )
     combine: Literal["max", "off"] = "max"
     prefilter_score: float = Field(
-        0.9,
+        0.99,
         ge=0,
         le=1,
         description="Only windows whose baseline score for a kind reaches this are scored "

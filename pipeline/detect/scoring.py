@@ -58,7 +58,7 @@ class ModelScoring:
         loaded: Loaded | None = None,
         *,
         combine: str = "max",
-        prefilter_score: float = 0.9,
+        prefilter_score: float = 0.99,
         use_default: bool = True,
     ) -> None:
         self.combine = combine
