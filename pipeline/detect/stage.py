@@ -10,6 +10,7 @@ the per-route score metrics (:mod:`pipeline.detect.exporter`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
@@ -84,6 +85,8 @@ class DetectorProcessor:
         self._checkpoints = 0
         self._last_checkpoint = time.monotonic()
         self._replaying = False
+        #: the /metrics thread reads the bookkeeping below while batches change it
+        self._lock = threading.Lock()
         self.finding_counts: Counter[tuple[str, str]] = Counter()
         self.restored: dict[int, dict[str, Any]] = {}  # per partition: what the restore did
         self.last_verdicts = LastVerdicts()
@@ -94,7 +97,7 @@ class DetectorProcessor:
                 lambda: self.engine.detector,
                 self.last_verdicts,
                 self.owned_rows,
-                lambda: dict(self.finding_counts),
+                self._finding_snapshot,
             )
         )
         self._model_info: dict[str, str] = {}
@@ -130,35 +133,44 @@ class DetectorProcessor:
         out = gate.rejected
         topic = self.cfg.topics.findings
         partition_of = self._partition_of
-        for item in gate.batch:
-            b = batch_of(item.value)
-            partition_of[b.workload_key] = item.partition
-            if b.pods_down or b.workload_key in self.targets.workloads:
-                f = self.targets.step(b.workload_key, b.window_end, b.pods_up, b.pods_down)
-                if f is not None:
-                    out.append(Output(topic, f.workload_key.encode(), encode(f)))
-                    if not self._replaying:
-                        self.finding_counts[(f.kind, f.status)] += 1
+        with self._lock:
+            for item in gate.batch:
+                b = batch_of(item.value)
+                partition_of[b.workload_key] = item.partition
+                if b.pods_down or b.workload_key in self.targets.workloads:
+                    f = self.targets.step(b.workload_key, b.window_end, b.pods_up, b.pods_down)
+                    if f is not None:
+                        out.append(Output(topic, f.workload_key.encode(), encode(f)))
+                        if not self._replaying:
+                            self.finding_counts[(f.kind, f.status)] += 1
         return gate.batch, out
+
+    def _finding_snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self.finding_counts)
 
     def _watch(self, det: RouteDetector) -> None:
         """Record each judged round for the metrics, and count findings by kind."""
         inner = det.process
         last = self.last_verdicts
-        counts = self.finding_counts
 
         def process(obs: Any) -> Verdicts:
             verdicts = inner(obs)
             last.record(obs.rows, verdicts)
             if not self._replaying:
-                for kind in KINDS:
-                    v = verdicts.kinds.get(kind)
-                    if v is not None and (v.fired.any() or v.resolved.any()):
-                        counts[(kind, "firing")] += int(v.fired.sum())
-                        counts[(kind, "resolved")] += int(v.resolved.sum())
+                self._count(verdicts)
             return verdicts
 
         setattr(det, "process", process)  # noqa: B010 - an instance hook, not a patch of the class
+
+    def _count(self, verdicts: Verdicts) -> None:
+        counts = self.finding_counts
+        with self._lock:
+            for kind in KINDS:
+                v = verdicts.kinds.get(kind)
+                if v is not None and (v.fired.any() or v.resolved.any()):
+                    counts[(kind, "firing")] += int(v.fired.sum())
+                    counts[(kind, "resolved")] += int(v.resolved.sum())
 
     def _index_rows(self) -> None:
         keys = self.engine.detector.keys
@@ -167,24 +179,27 @@ class DetectorProcessor:
         self._indexed = len(keys)
 
     def rows_of_partition(self, partition: int) -> npt.NDArray[np.int64]:
-        self._index_rows()
-        rows = [
-            r
-            for wk, p in self._partition_of.items()
-            if p == partition
-            for r in self._rows_of.get(wk, ())
-        ]
+        with self._lock:
+            self._index_rows()
+            rows = [
+                r
+                for wk, p in self._partition_of.items()
+                if p == partition
+                for r in self._rows_of.get(wk, ())
+            ]
         return np.asarray(sorted(rows), dtype=np.int64)
 
     def owned_rows(self, n: int) -> npt.NDArray[np.bool_]:
         """Mask of route rows whose partition this replica holds now."""
-        self._index_rows()
         mask = np.zeros(n, dtype=np.bool_)
-        for wk, p in self._partition_of.items():
-            if p in self._owned:
-                rows = self._rows_of.get(wk)
-                if rows:
-                    mask[[r for r in rows if r < n]] = True
+        with self._lock:
+            self._index_rows()
+            owned = set(self._owned)
+            for wk, p in self._partition_of.items():
+                if p in owned:
+                    rows = self._rows_of.get(wk)
+                    if rows:
+                        mask[[r for r in rows if r < n]] = True
         return mask
 
     # -- checkpoints ------------------------------------------------------------
@@ -273,16 +288,17 @@ class DetectorProcessor:
             log.error("detector: checkpoint of partition %d unusable (%s); starting cold", p, exc)
             return None
         meta = chunks[0].meta
-        for wk, v in (meta.workloads or {}).items():
-            self._partition_of[wk] = p
-            if np.isfinite(v[0]):
-                self.admission.last_window[wk] = float(v[0])
-            targets = WorkloadTargets.load(v[1:])
-            if targets.down_streak or targets.firing:
-                self.targets.workloads[wk] = targets
-        for c in chunks:
-            for key in c.keys:
-                self._partition_of.setdefault(workload_of(key), p)
+        with self._lock:
+            for wk, v in (meta.workloads or {}).items():
+                self._partition_of[wk] = p
+                if np.isfinite(v[0]):
+                    self.admission.last_window[wk] = float(v[0])
+                targets = WorkloadTargets.load(v[1:])
+                if targets.down_streak or targets.firing:
+                    self.targets.workloads[wk] = targets
+            for c in chunks:
+                for key in c.keys:
+                    self._partition_of.setdefault(workload_of(key), p)
         self._next_offset[p] = meta.offset
         self.admission.seen_through[p] = meta.offset - 1  # the state is at this offset
         info["routes"] = sum(len(c.keys) for c in chunks)
