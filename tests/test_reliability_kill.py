@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from functools import partial
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,8 @@ def run_with_kills(
                     f"all requests {[(r.status, r.reason) for r in rx.requests()][:5]}; "
                     + stages["alert"].log_tail()
                 ) from None
-            for s in stages.values():  # a SIGTERM while still starting up is not a drain
-                poll_until(lambda s=s: s.probe()[0] == 200, 60, f"{s.stage} /readyz")
+            for stage in stages.values():  # a SIGTERM while still starting up is not a drain
+                poll_until(partial(ready, stage), 60, f"{stage.stage} /readyz")
         finally:
             codes = {name: s.stop() for name, s in stages.items()}
         accepted = rx.accepted()
@@ -189,6 +190,10 @@ def run_with_kills(
             "codes": codes,
             "logs": {n: s.log_tail() for n, s in stages.items()},
         }
+
+
+def ready(stage: StageProcess) -> bool:
+    return stage.probe()[0] == 200
 
 
 def check(result: dict[str, Any]) -> tuple[int, int]:

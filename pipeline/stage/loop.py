@@ -92,6 +92,14 @@ class StageStats:
     errors: list[str] = field(default_factory=list)
 
 
+#: Most of a bad value kept in its DLQ record. Undecodable bytes are escaped
+#: (up to 4 characters each, then JSON-escaped again), so without a cap a
+#: 3 MB binary body became a 10 MB record that the producer refuses, and the
+#: stage died on it, was restarted, re-read it and died again: one poison
+#: message stopped the partition for good.
+MAX_DEAD_VALUE_CHARS = 256 * 1024
+
+
 def dead_letter(
     stage: str,
     dlq_topic: str,
@@ -104,7 +112,25 @@ def dead_letter(
     partition: int | None = None,
     offset: int | None = None,
 ) -> Output:
-    """A DLQ record: the envelope as value and the reason also in headers."""
+    """A DLQ record: the envelope as value and the reason also in headers.
+
+    A value (or key) too big to forward is cut to its first
+    :data:`MAX_DEAD_VALUE_CHARS` characters, and the record says so in its
+    error and in a ``meshwatch-truncated`` header with the original size;
+    the source coordinates still point at the whole original.
+    """
+    text = raw[: MAX_DEAD_VALUE_CHARS + 1].decode("utf-8", "backslashreplace")
+    headers: tuple[tuple[str, bytes], ...] = (
+        ("meshwatch-reason", reason.encode()),
+        ("meshwatch-stage", stage.encode()),
+        ("meshwatch-source", f"{topic}/{partition}/{offset}".encode()),
+    )
+    if len(raw) > MAX_DEAD_VALUE_CHARS or len(text) > MAX_DEAD_VALUE_CHARS:
+        text = text[:MAX_DEAD_VALUE_CHARS]
+        error = f"{error[:3000]} [value of {len(raw)} bytes cut to {len(text)} characters]"
+        headers += (("meshwatch-truncated", str(len(raw)).encode()),)
+    if key is not None and len(key) > 4096:
+        key = key[:4096]
     letter = DeadLetter(
         stage=stage,
         reason=reason,
@@ -113,13 +139,8 @@ def dead_letter(
         source_partition=partition,
         source_offset=offset,
         key=key.decode("utf-8", "backslashreplace") if key is not None else None,
-        value=raw.decode("utf-8", "backslashreplace"),
+        value=text,
         failed_at=time.time(),
-    )
-    headers = (
-        ("meshwatch-reason", reason.encode()),
-        ("meshwatch-stage", stage.encode()),
-        ("meshwatch-source", f"{topic}/{partition}/{offset}".encode()),
     )
     return Output(dlq_topic, key, encode(letter), headers)
 
