@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 import random
 import threading
-from functools import partial
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
