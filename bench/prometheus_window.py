@@ -1,32 +1,31 @@
 """Prometheus source: time to build one window for a ~10,000-route mesh.
 
-Builds a simulated mesh with ``generate_mesh`` (default 500 workloads × 16
-ServiceProfile routes, 1–2 replicas: about 10,000 golden routes and some
-900,000 proxy series, most of them latency buckets), serves every proxy's
-``/metrics`` over loopback HTTP, starts the real Prometheus (Debian package
-``prometheus``) scraping them every ``--scrape-interval`` seconds with
-linkerd-viz's labels, lets it scrape a few intervals, then builds windows
-with the Prometheus source exactly as the collector does and prints:
+Builds a simulated mesh with ``generate_mesh`` (``--target-routes``, default
+10,000 golden routes: about 345 workloads × 16 ServiceProfile routes, 1–2
+replicas, some 500,000 proxy series, two thirds of them route latency
+buckets), serves every proxy's ``/metrics`` over loopback HTTP, starts the
+real Prometheus (Debian package ``prometheus``) scraping them every
+``--scrape-interval`` seconds with linkerd-viz's labels, lets it scrape a few
+intervals, then builds windows with the Prometheus source exactly as the
+collector does and prints:
 
 - **live**: windows built while Prometheus keeps ingesting the mesh;
-- **quiet**: the last window built again after scraping stopped (targets
-  removed; data already stored does not change), so that the query cost is
-  not mixed with ingestion and with the simulator's own rendering;
-- each query of the window alone, one after the other;
-- two references over the very same series, at the same concurrency, so that
+- **quiet rounds**: the last window built again after scraping stopped
+  (targets removed; stored data does not change), so that the query cost is
+  not mixed with ingestion and the simulator's rendering, interleaved with
+  two references over the very same series at the same concurrency, so that
   the numbers carry to other machines: the *floor* (``count()`` of each
-  family's series: only selecting them and reading one sample each) and
-  *Linkerd's own shape* (``sum by (...) (increase(x[2w]))``, as ``linkerd
-  viz`` asks, extrapolated and not exact).
+  part's series: selecting them and reading one sample each) and *Linkerd's
+  own shape* (``sum by (...) (increase(x[2w]))``, as ``linkerd viz`` asks,
+  extrapolated and not exact); medians and ratios at the end;
+- each query of the window alone, one after the other.
 
-Per window: query time (first query sent → last answer: the info query,
-then every family query at once), fold time (rows → batches here), total,
-Prometheus' own CPU seconds over the window (from /proc), and query time
-/ the 2 s budget. On a shared machine the CPU seconds say more than wall
-time.
+Per window: query time (first query sent → last answer), fold time (rows →
+batches here), Prometheus' own CPU seconds (from /proc). On a shared
+machine the CPU seconds and the ratios say more than wall time.
 
     python bench/prometheus_window.py                            # ~10,000 routes
-    python bench/prometheus_window.py --workloads 125            # ~2,500 routes
+    python bench/prometheus_window.py --target-routes 16000      # ~16,000 routes
 """
 
 from __future__ import annotations
@@ -36,9 +35,11 @@ import asyncio
 import dataclasses
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -165,10 +166,8 @@ async def run(args: argparse.Namespace) -> int:
                 await asyncio.to_thread(prom.set_targets, [])
                 await mesh.close()
                 await asyncio.sleep(2.0)
-                for _ in range(args.windows):
-                    await one_window("quiet", source, last, pid)
-                await per_query(source, last)
-                await references(source, last, pid, args)
+                await quiet_rounds(source, last, pid, args)
+                await per_query(source, last, pid)
                 await source.aclose()
                 print(f"# {load_line()}")
             finally:
@@ -194,20 +193,21 @@ async def warm_up(args: argparse.Namespace, prom: LocalPrometheus, n: int) -> bo
     return False
 
 
-async def per_query(source: PrometheusSource, end: float) -> None:
+async def per_query(source: PrometheusSource, end: float, pid: int | None) -> None:
     w = source.window(end)
     print("\neach query alone (quiet, sequential):")
     queries = [("info", info_query(w)), ("new_series", new_series_query(w))] + [
         (f"{f.name}[{i}]", q) for f in source.families for i, q in enumerate(family_queries(w, f))
     ]
-    total = 0.0
+    total = cpu_total = 0.0
     for name, expr in queries:
-        t = time.perf_counter()
+        cpu0, t = cpu_seconds(pid), time.perf_counter()
         rows = await asyncio.to_thread(source.client.query, expr, end, 600.0)
-        dt = time.perf_counter() - t
+        dt, cpu = time.perf_counter() - t, cpu_seconds(pid) - cpu0
         total += dt
-        print(f"  {name:<36} {dt:8.3f}s {len(rows):>8,} rows")
-    print(f"  {'sum':<36} {total:8.3f}s")
+        cpu_total += cpu
+        print(f"  {name:<36} {dt:8.3f}s {cpu:6.2f} cpu s {len(rows):>8,} rows")
+    print(f"  {'sum':<36} {total:8.3f}s {cpu_total:6.2f} cpu s")
 
 
 def reference_queries(source: PrometheusSource, w: Window, kind: str) -> list[str]:
@@ -218,41 +218,89 @@ def reference_queries(source: PrometheusSource, w: Window, kind: str) -> list[st
             if kind == "floor":
                 out.append(f"count({part_selector(w, part)})")
                 continue
-            by = sum_labels(w, fam, part, fam.level == "pod").replace(", mw_name", "")
+            by = sum_labels(w, part, fam.level == "pod")
             for metric in part.metrics:  # increase() drops the name: one metric at a time
                 sel = part_selector(w, dataclasses.replace(part, metrics=(metric,)))
                 out.append(f"sum by ({by}) (increase({sel}[{rng}]))")
     return out
 
 
-async def references(
+async def reference(
+    source: PrometheusSource, end: float, pid: int | None, kind: str, pool: Executor
+) -> tuple[float, float, int, int]:
+    """(wall s, Prometheus CPU s, queries, rows) of one reference, all queries at once."""
+    loop = asyncio.get_running_loop()
+    queries = reference_queries(source, source.window(end), kind)
+    cpu0, t = cpu_seconds(pid), time.perf_counter()
+    results = await asyncio.gather(
+        *(loop.run_in_executor(pool, source.client.query, q, end, 600.0) for q in queries)
+    )
+    wall, cpu = time.perf_counter() - t, cpu_seconds(pid) - cpu0
+    return wall, cpu, len(queries), sum(len(r) for r in results)
+
+
+async def quiet_rounds(
     source: PrometheusSource, end: float, pid: int | None, args: argparse.Namespace
 ) -> None:
-    """The same series read the cheapest way, and Linkerd's way, at the same concurrency."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The window and both references, interleaved round by round (the load drifts).
 
-    w = source.window(end)
-    print("\nreferences over the same series (quiet, same concurrency):")
-    print(f"  {'':<34} {'queries':>7} {'wall s':>8} {'prom cpu s':>10} {'rows':>9}")
-    loop = asyncio.get_running_loop()
+    References over the very same series at the same concurrency: the *floor*
+    (``count()`` of each part's series: selecting them and reading one sample
+    each, nothing cheaper reads them all) and *Linkerd's own shape*
+    (``sum by (...) (increase(x[2w]))``, as ``linkerd viz`` asks; extrapolated,
+    not exact). Ratios are medians over the rounds.
+    """
+    print(f"\nquiet rounds (scraping stopped; window, then references; {args.rounds} rounds):")
+    print(
+        f"  {'round':>5} {'window q s':>10} {'cpu':>6} {'fold s':>7} {'floor s':>8} {'cpu':>6} "
+        f"{'linkerd s':>9} {'cpu':>6} {'rows':>8} {'floor rows':>10}"
+    )
+    runs: list[tuple[float, ...]] = []
     with ThreadPoolExecutor(args.concurrency) as pool:
-        for kind, what in (
-            ("floor", "floor: count() of each family's series"),
-            ("linkerd", "Linkerd shape: sum(increase(x[2w]))"),
-        ):
-            queries = reference_queries(source, w, kind)
-            cpu0, t = cpu_seconds(pid), time.perf_counter()
-            results = await asyncio.gather(
-                *(loop.run_in_executor(pool, source.client.query, q, end, 600.0) for q in queries)
+        for i in range(args.rounds):
+            cpu0 = cpu_seconds(pid)
+            report, _ = await source.build_window(end)
+            cpu = cpu_seconds(pid) - cpu0
+            if report.skipped:
+                print(f"  {i:>5} skipped: {report.skipped}")
+                continue
+            fw, fc, _, frows = await reference(source, end, pid, "floor", pool)
+            lw, lc, _, _ = await reference(source, end, pid, "linkerd", pool)
+            runs.append((report.query_seconds, cpu, report.fold_seconds, fw, fc, lw, lc))
+            print(
+                f"  {i:>5} {report.query_seconds:>10.3f} {cpu:>6.2f} {report.fold_seconds:>7.3f} "
+                f"{fw:>8.3f} {fc:>6.2f} {lw:>9.3f} {lc:>6.2f} {report.rows:>8,} {frows:>10}"
             )
-            wall, cpu = time.perf_counter() - t, cpu_seconds(pid) - cpu0
-            rows = sum(len(r) for r in results)
-            print(f"  {what:<34} {len(queries):>7} {wall:>8.3f} {cpu:>10.2f} {rows:>9,}")
+    if not runs:
+        return
+    med = [statistics.median(col) for col in zip(*runs, strict=True)]
+    q, cpu, fold_s, fw, fc, lw, lc = med
+    print(
+        f"  median: window {q:.3f}s query ({cpu:.2f} Prometheus CPU s), fold {fold_s:.3f}s; "
+        f"floor {fw:.3f}s ({fc:.2f}); Linkerd shape {lw:.3f}s ({lc:.2f})"
+    )
+    print(
+        f"  window / floor: {q / fw:.2f}x wall, {cpu / fc:.2f}x Prometheus CPU; "
+        f"window / Linkerd shape: {q / lw:.2f}x wall, {cpu / lc:.2f}x CPU; "
+        f"window / 2 s budget: {q / BUDGET:.2f}x"
+    )
+
+
+#: Golden routes per workload of ``generate_mesh`` (seed 1, 16 routes, 1-2 replicas):
+#: 365 workloads gave 10,606 routes and 500 gave 16,098 (calls add outbound routes).
+ROUTES_PER_WORKLOAD = 29.0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workloads", type=int, default=500)
+    p.add_argument(
+        "--target-routes",
+        type=int,
+        default=10_000,
+        help="golden routes to aim for (16,000 for the larger mesh); the run prints the real count",
+    )
+    p.add_argument("--workloads", type=int, default=0, help="instead of --target-routes")
+    p.add_argument("--rounds", type=int, default=3, help="quiet rounds (window + references)")
     p.add_argument("--routes", type=int, default=16, help="ServiceProfile routes per workload")
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)
@@ -263,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--timeout", type=float, default=300.0, help="per window (bench only)")
     args = p.parse_args(argv)
+    if args.workloads <= 0:
+        args.workloads = max(1, round(args.target_routes / ROUTES_PER_WORKLOAD))
     return asyncio.run(run(args))
 
 

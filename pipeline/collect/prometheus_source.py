@@ -47,13 +47,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
+import orjson
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
@@ -64,6 +66,7 @@ from pipeline.collect.collector import CycleReport
 from pipeline.collect.promql import (
     Family,
     Labels,
+    PodId,
     Window,
     family_queries,
     golden_families,
@@ -133,7 +136,8 @@ class PromClient:
         # read=False: a read timeout surfaces as requests.ReadTimeout, not wrapped
         # as a connection error ("Max retries exceeded").
         no_retry = Retry(total=0, read=False, raise_on_status=False)
-        self.url = str(pcfg.url)
+        self.url = str(pcfg.url).rstrip("/")
+        self._method = pcfg.method
         self._prom = PrometheusConnect(
             url=self.url,
             headers=headers,
@@ -147,9 +151,27 @@ class PromClient:
         self._session = session
 
     def query(self, expr: str, at: float, timeout: float) -> list[Row]:
-        params = {"time": f"{at:.3f}", "timeout": f"{timeout:.3f}"}
+        """One instant query on the library's session, its answer decoded with orjson.
+
+        ``custom_query`` decodes with the standard ``json`` module, holding the
+        GIL for a large share of a window's time when a few MB of rows arrive on
+        several threads at once; the request itself is the one it would send.
+        """
+        params = {"query": expr, "time": f"{at:.3f}", "timeout": f"{timeout:.3f}"}
         try:
-            result = self._prom.custom_query(expr, params=params, timeout=timeout)  # type: ignore[arg-type]
+            response = self._session.request(
+                method=self._method,
+                url=f"{self.url}/api/v1/query",
+                params=params if self._method == "GET" else None,
+                data=params if self._method == "POST" else None,
+                headers=self._prom.headers,
+                timeout=timeout,
+            )
+            if response.status_code != 200:
+                raise PrometheusApiClientException(
+                    f"HTTP Status Code {response.status_code} ({response.content[:300]!r})"
+                )
+            result = orjson.loads(response.content)["data"]["result"]
         except PrometheusApiClientException as exc:
             m = _STATUS.search(str(exc))
             status = int(m.group(1)) if m else 0
@@ -188,11 +210,44 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True, slots=True)
+class _PodSets:
+    """The pods a window's queries name (see :class:`~pipeline.collect.promql.Window`)."""
+
+    exclude: tuple[PodId, ...] = ()
+    restarted: tuple[PodId, ...] = ()
+    new_series: tuple[PodId, ...] = ()
+    bare: tuple[PodId, ...] = ()
+
+    def apply(self, w: Window) -> Window:
+        return replace(
+            w,
+            exclude=self.exclude,
+            restarted=self.restarted,
+            new_series=self.new_series,
+            bare=self.bare,
+        )
+
+
 @dataclass
 class _Budget:
     deadline: float  # time.monotonic()
     queries: int = 0
-    attempts: int = 0
+    attempts: int = 0  # requests sent (a query cancelled while queued sent none)
+    closed: bool = False  # the window is done: queued requests are not sent any more
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def attempt(self, client: QueryClient, expr: str, at: float, timeout: float) -> Sequence[Row]:
+        """On a worker thread: count the request once it is really sent, then send it."""
+        with self.lock:
+            if self.closed:
+                raise QueryError("window already done", retryable=False)
+            self.attempts += 1
+        return client.query(expr, at, timeout)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
 
 
 class PrometheusSource:
@@ -216,6 +271,8 @@ class PrometheusSource:
         self.client: QueryClient = client if client is not None else PromClient(self.pcfg)
         #: Time all of a window's queries share (default: the window's length).
         self.deadline_seconds = deadline_seconds or cfg.window.seconds
+        #: The pod sets the last window found, to send its queries before the info query answers.
+        self._guess: _PodSets = _PodSets()
         self._pool = ThreadPoolExecutor(
             max_workers=self.pcfg.concurrency, thread_name_prefix="meshwatch-promql"
         )
@@ -234,15 +291,39 @@ class PrometheusSource:
             exclude_ports=tuple(self.cfg.collector.exclude_ports),
         )
 
+    def plan(self, w: Window) -> list[tuple[Family, str]]:
+        """Every family query of a window, with the family whose rows it returns."""
+        return [(fam, q) for fam in self.families for q in family_queries(w, fam)]
+
     async def build_window(self, window_end: float) -> tuple[PromCycleReport, list[GoldenBatch]]:
-        """All GoldenBatches of the window ending at ``window_end``, or a skip report."""
+        """All GoldenBatches of the window ending at ``window_end``, or a skip report.
+
+        The family queries depend on the pods the info query sorts out
+        (excluded, restarted, with new series). Rather than wait for it, the
+        queries the previous window's pod sets imply are sent together with it:
+        pods that are down stay down, and a window without restarts asks
+        exactly what the last one asked. Only the queries the info query
+        changes are sent again; a guess is never used for its answer, only
+        the query text decides which answer belongs to which query.
+        """
         started = time.perf_counter()
         report = PromCycleReport(window_end=window_end)
         budget = _Budget(time.monotonic() + self.deadline_seconds)
         w = self.window(window_end)
+        sent: dict[str, asyncio.Task[Sequence[Row]]] = {}
+
+        def send(expr: str) -> asyncio.Task[Sequence[Row]]:
+            task = sent.get(expr)
+            if task is None:
+                task = sent[expr] = asyncio.create_task(self._query(expr, w.t1, budget))
+            return task
+
         try:
             q_started = time.perf_counter()
-            info, new = await self._all([info_query(w), new_series_query(w)], w.t1, budget)
+            info_t, new_t = send(info_query(w)), send(new_series_query(w))
+            for _, q in self.plan(self._guess.apply(w)):
+                send(q)
+            info, new = await info_t, await new_t
             cov = cover(
                 read_info([*info, *new], self.labels),
                 self.labels,
@@ -257,22 +338,28 @@ class PrometheusSource:
             report.restarted, report.new_series = len(cov.restarted), len(cov.new_series)
             reason = cov.skip_reason(w.t1, self.pcfg.selector)
             if reason is not None:
+                budget.close()
                 report.queries, report.attempts = budget.queries, budget.attempts
                 return self._skip(report, reason, started), []
-            w = replace(
-                w,
+            pods = _PodSets(
                 exclude=tuple(cov.excluded),
                 restarted=tuple(cov.restarted),
                 new_series=tuple(cov.new_series),
                 bare=tuple(cov.bare),
             )
-            plan = [(fam, q) for fam in self.families for q in family_queries(w, fam)]
-            rows = await self._all([q for _, q in plan], w.t1, budget)
+            self._guess = replace(pods, restarted=())  # a restart is news for one window only
+            w = pods.apply(w)
+            plan = self.plan(w)
+            rows = await asyncio.gather(*(send(q) for _, q in plan))
             report.query_seconds = time.perf_counter() - q_started
         except QueryError as exc:
+            budget.close()  # before counting: nothing more is sent for this window
             report.queries = budget.queries
             report.attempts = budget.attempts
             return self._skip(report, f"Prometheus {self.pcfg.url}: {exc.reason}", started), []
+        finally:
+            budget.close()
+            await self._cancel(sent.values())
         report.queries = budget.queries
         report.attempts = budget.attempts
         f_started = time.perf_counter()
@@ -304,6 +391,18 @@ class PrometheusSource:
             )
         return report, folded.batches
 
+    @staticmethod
+    async def _cancel(tasks: Iterable[asyncio.Task[Sequence[Row]]]) -> None:
+        """Drop guessed queries no plan needed (and the rest, after a failure)."""
+        tasks = list(tasks)
+        pending = [t for t in tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        for t in tasks:
+            if t.done() and not t.cancelled():
+                t.exception()  # retrieved: a failed guess is not an unhandled error
+        await asyncio.gather(*pending, return_exceptions=True)
+
     def _skip(self, report: PromCycleReport, reason: str, started: float) -> PromCycleReport:
         report.skipped = reason
         report.seconds = time.perf_counter() - started
@@ -314,20 +413,6 @@ class PrometheusSource:
             reason,
         )
         return report
-
-    async def _all(self, exprs: Sequence[str], at: float, budget: _Budget) -> list[Sequence[Row]]:
-        """Every query at once; the first failure cancels the rest and is raised."""
-        failed: QueryError | None = None
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._query(e, at, budget)) for e in exprs]
-        except* QueryError as group:
-            first = group.exceptions[0]
-            assert isinstance(first, QueryError)
-            failed = first
-        if failed is not None:
-            raise failed
-        return [t.result() for t in tasks]
 
     async def _query(self, expr: str, at: float, budget: _Budget) -> Sequence[Row]:
         """One instant query, retried with doubling backoff until the window's deadline."""
@@ -341,10 +426,11 @@ class PrometheusSource:
             if remaining <= 0.05:
                 break
             timeout = min(self.pcfg.timeout_seconds, remaining)
-            budget.attempts += 1
             tries += 1
             try:
-                call = loop.run_in_executor(self._pool, self.client.query, expr, at, timeout)
+                call = loop.run_in_executor(
+                    self._pool, budget.attempt, self.client, expr, at, timeout
+                )
                 return await asyncio.wait_for(call, timeout + 0.5)
             except QueryError as exc:
                 if not exc.retryable:

@@ -361,15 +361,10 @@ def part_selector(w: Window, part: Part, extra: Iterable[str] = ()) -> str:
     return w.select(part.metrics if len(part.metrics) > 1 else part.metrics[0], matchers)
 
 
-def _tagged(sel: str, tag: bool) -> str:
-    """Keep the family name through arithmetic (which drops ``__name__``)."""
-    return f'label_replace({sel}, "{NAME_LABEL}", "$1", "__name__", "(.+)")' if tag else sel
-
-
-def delta(w: Window, part: Part, *, tag: bool, extra: Iterable[str] = ()) -> str:
-    """Per-series increase over the window of the part's series (see module docstring)."""
+def delta(w: Window, part: Part, *, extra: Iterable[str] = ()) -> str:
+    """Per-series increase over the window by two instant values and joins (any window)."""
     sel = part_selector(w, part, extra)
-    now, before = _tagged(sel, tag), _tagged(f"{sel} offset {w.offset}", tag)
+    now, before = sel, f"{sel} offset {w.offset}"
     on = ", ".join(w.labels.pod_id)
     went_up = f"({now} - {before}) >= 0"
     if (restarted := w.pods(w.restarted)) is not None:
@@ -377,6 +372,26 @@ def delta(w: Window, part: Part, *, tag: bool, extra: Iterable[str] = ()) -> str
     expr = f"({went_up}) or {now}"
     if (excluded := w.pods(w.exclude)) is not None:
         expr = f"({expr}) unless on ({on}) ({excluded})"
+    return expr
+
+
+def counter_delta(w: Window, part: Part) -> str:
+    """The same per-series increase for an aligned window, reading each series twice, not thrice.
+
+    ``increase(x[w:w])`` (see :func:`increase_parts`) covers every series
+    present at both instants, resets included; ``or x`` adds the series that
+    are new since ``t0`` at their full value. A series present only at ``t0``
+    is in neither. The ``or`` matches on the label set alone (``increase``
+    drops the name), so the part must select one metric.
+    """
+    sel = part_selector(w, part)
+    on = ", ".join(w.labels.pod_id)
+    expr = f"increase({sel}[{w.offset}:{w.offset}]) or {sel}"
+    if (skip := w.pods((*w.restarted, *w.exclude))) is not None:
+        expr = f"({expr}) unless on ({on}) ({skip})"
+    if w.restarted:
+        whole = part_selector(w, part, [w.pod_matcher(w.restarted)])
+        expr = f"({expr}) or ({whole} and on ({on}) ({w.pods(w.restarted)}))"
     return expr
 
 
@@ -390,7 +405,9 @@ def increase_parts(w: Window, part: Part) -> list[str]:
     and joins nothing, where :func:`delta` reads it three times and joins
     twice. Its blind spot is a series absent at ``t0`` (a single point):
     those are added from the pods that have any (``new_series``, known from
-    the info query), and restarted pods are taken whole.
+    the info query), and restarted pods are taken whole. Each expression is
+    summed on its own, so the main one reads the same whatever the pods did
+    (and can be sent before the info query has answered).
     """
     sel = part_selector(w, part)
     on = ", ".join(w.labels.pod_id)
@@ -407,30 +424,41 @@ def increase_parts(w: Window, part: Part) -> list[str]:
     return out
 
 
-def sum_labels(w: Window, family: Family, part: Part, per_pod: bool) -> str:
+def sum_labels(w: Window, part: Part, per_pod: bool) -> str:
     keep = list(w.labels.pod_id) if per_pod else [w.labels.namespace, *w.labels.workload_labels]
     keep += [lbl for lbl in part.by if lbl not in keep]
-    if family.shared:
-        keep.append(NAME_LABEL)
     return ", ".join(keep)
 
 
-def _part_queries(w: Window, family: Family, part: Part) -> list[str]:
-    """Sums of one part: each is a query of its own, or joined by ``or`` (shared families)."""
-    tag = family.shared
+def _metric_sums(w: Window, family: Family, part: Part) -> list[str]:
+    """The sums of one single-metric part (each a query of its own unless the family is shared)."""
     if family.level == "pod":
-        return [f"sum by ({sum_labels(w, family, part, True)}) ({delta(w, part, tag=tag)})"]
-    by = sum_labels(w, family, part, False)
-    if w.aligned and not tag:
+        shape = counter_delta(w, part) if w.aligned else delta(w, part)
+        return [f"sum by ({sum_labels(w, part, True)}) ({shape})"]
+    by = sum_labels(w, part, False)
+    if w.aligned:
         out = [f"sum by ({by}) ({e})" for e in increase_parts(w, part)]
     else:
-        out = [f"sum by ({by}) ({delta(w, part, tag=tag)})"]
+        out = [f"sum by ({by}) ({delta(w, part)})"]
     if w.bare:
         # Pods without any workload label would be merged under their namespace
         # alone (those rows are dropped): sum theirs per pod.
         bare = [*(f'{lbl}=""' for lbl in w.labels.workload_labels), w.pod_matcher(w.bare)]
-        expr = delta(w, part, tag=tag, extra=bare)
-        out.append(f"sum by ({sum_labels(w, family, part, True)}) ({expr})")
+        out.append(f"sum by ({sum_labels(w, part, True)}) ({delta(w, part, extra=bare)})")
+    return out
+
+
+def _named(expr: str, metric: str) -> str:
+    """Tag a sum's rows with their family name (cheap: applied to summed rows only)."""
+    return f'label_replace({expr}, "{NAME_LABEL}", {quote(metric)}, "", "")'
+
+
+def _part_queries(w: Window, family: Family, part: Part) -> list[str]:
+    out: list[str] = []
+    for metric in part.metrics:
+        one = Part((metric,), part.matchers, part.by, part.exclude_ports)
+        sums = _metric_sums(w, family, one)
+        out += [_named(s, metric) for s in sums] if family.shared else sums
     return out
 
 
