@@ -28,7 +28,7 @@ from models.detector import (
 )
 from pipeline.config import DetectorConfig
 from pipeline.detect import columnar
-from pipeline.detect.columnar import GoldenColumns, RouteParts
+from pipeline.detect.columnar import GoldenColumns, IntArray, RouteParts
 from pipeline.detect.scoring import ModelScoring
 from pipeline.keys import route_key as make_route_key
 from pipeline.keys import workload_key as make_workload_key
@@ -99,16 +99,45 @@ class RouteKeys:
         return out  # type: ignore[return-value]  # no None left
 
 
+class RouteRows:
+    """Each sample's detector row from its key parts: one dict lookup per
+    sample in steady state. A RouteDetector's rows never move (its table only
+    grows), so the map holds for as long as the detector is the same object."""
+
+    def __init__(self) -> None:
+        self.det: RouteDetector | None = None
+        self.row_of: dict[RouteParts, int] = {}
+
+    def __call__(self, det: RouteDetector, parts: list[RouteParts]) -> IntArray:
+        if det is not self.det:
+            self.det, self.row_of = det, {}
+        row_of = self.row_of
+        got: list[int | None] = list(map(row_of.get, parts))
+        if None in got:
+            miss = [i for i, r in enumerate(got) if r is None]
+            # Interned parts: a workload's routes share their name strings
+            # in the map instead of each pinning its own.
+            interned = [tuple(map(sys.intern, parts[i])) for i in miss]
+            keys = [
+                make_route_key(make_workload_key(ns, kind, wl), direction, route)
+                for ns, kind, wl, direction, route in interned
+            ]
+            for i, t, r in zip(miss, interned, det.rows_for(keys).tolist(), strict=True):
+                got[i] = row_of[t] = r  # type: ignore[index]
+        return np.array(got, dtype=np.int64).reshape(len(parts))
+
+
 def observations(det: RouteDetector, samples: Sequence[GoldenSample]) -> Observations:
     """Observations of GoldenSamples (see :func:`observations_of`)."""
-    return observations_of(det, columnar.from_samples(list(samples)), route_keys(samples))
+    rows = det.rows_for(route_keys(samples))
+    return observations_of(columnar.from_samples(list(samples)), rows)
 
 
-def observations_of(det: RouteDetector, cols: GoldenColumns, keys: list[str]) -> Observations:
+def observations_of(cols: GoldenColumns, rows: IntArray) -> Observations:
     """Column views, no per-sample work: a missing quantile or TTL is NaN."""
     c = cols.col
     return Observations(
-        rows=det.rows_for(keys),
+        rows=rows,
         window_end=c("window_end"),
         requests=c("requests"),
         failures=c("failures"),
@@ -132,7 +161,7 @@ class DetectionEngine:
         self.cfg = cfg
         self.detector = RouteDetector(params_from_config(cfg))
         self.samples_seen = 0
-        self._keys = RouteKeys()
+        self._rows = RouteRows()
         #: trained models joined to the baselines' scores (pipeline/detect/scoring.py)
         self.scoring = ModelScoring()
 
@@ -189,11 +218,10 @@ class DetectionEngine:
         self.samples_seen += len(cols)
         self.scoring.adopt()  # a model the registry follower offered takes over between batches
         det = self.detector
-        keys = self._keys(cols.keys)
-        obs = observations_of(det, cols, keys)
+        obs = observations_of(cols, self._rows(det, cols.keys))
         verdicts = self.scoring.apply(det, obs, det.process(obs))
         if points is not None:
-            self._points(keys, obs, verdicts, points)
+            self._points([det.keys[r] for r in obs.rows.tolist()], obs, verdicts, points)
         findings: list[Finding] = []
         for kind in KINDS:
             v = verdicts.kinds.get(kind)
