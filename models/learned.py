@@ -164,8 +164,13 @@ def fit(
             )
             est.fit(x[train], pos[train].astype(np.int64))
         else:
-            est = IsolationForest(n_estimators=n_estimators, max_samples=256, random_state=seed)
-            est.fit(x[train & ~pos])
+            normal = train & ~pos
+            est = IsolationForest(
+                n_estimators=n_estimators,
+                max_samples=min(256, int(normal.sum())),
+                random_state=seed,
+            )
+            est.fit(x[normal])
         model.estimators[k] = est
         idx = np.flatnonzero(calib)
         if idx.size > REFERENCE_SIZE:

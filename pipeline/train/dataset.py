@@ -24,7 +24,9 @@ from models.learned import LEARNED_KINDS
 from pipeline.config import DetectorConfig
 from pipeline.detect import columnar
 from pipeline.detect.columnar import GoldenColumns
-from pipeline.detect.engine import RouteKeys, observations_of, params_from_config
+from pipeline.detect.engine import params_from_config
+from pipeline.keys import route_key as make_route_key
+from pipeline.keys import workload_key as make_workload_key
 from pipeline.schema import GoldenSample
 
 FloatArray = npt.NDArray[np.float64]
@@ -81,10 +83,11 @@ class DatasetBuilder:
     seed: int = 0
     labeller: Labeller | None = None
     _det: RouteDetector = field(init=False)
-    _keys: RouteKeys = field(init=False)
+    _keys: dict[tuple[str, str, str, str, str], str] = field(init=False)
     _rng: np.random.Generator = field(init=False)
     _chunks: list[_Chunk] = field(default_factory=list, init=False)
     _rows: int = field(default=0, init=False)
+    _cutoff: float = field(default=1.0, init=False)
     samples_seen: int = field(default=0, init=False)
     windows_seen: int = field(default=0, init=False)
     t_min: float = field(default=float("inf"), init=False)
@@ -92,7 +95,7 @@ class DatasetBuilder:
 
     def __post_init__(self) -> None:
         self._det = RouteDetector(params_from_config(self.detector))
-        self._keys = RouteKeys()
+        self._keys = {}
         self._rng = np.random.default_rng(self.seed)
 
     def add(self, samples: Sequence[GoldenSample]) -> None:
@@ -116,12 +119,39 @@ class DatasetBuilder:
     def add_columns(self, cols: GoldenColumns) -> None:
         """Columns of a chunk, judged one window at a time (in time order), so each
         window's features see exactly the state the running detector would have."""
-        obs = observations_of(self._det, cols, self._keys(cols.keys))
+        obs = self._observations(cols)
         order = np.argsort(obs.window_end, kind="stable")
         ends = obs.window_end[order]
         cuts = np.flatnonzero(np.diff(ends)) + 1
         for idx in np.split(order, cuts):
             self._add_window(obs.take(idx))
+
+    def _observations(self, cols: GoldenColumns) -> Observations:
+        """The detector's observation columns of a chunk (route rows from key parts)."""
+        keys = self._keys
+        missing = [p for p in set(cols.keys) if p not in keys]
+        for ns, kind, workload, direction, route in missing:
+            keys[(ns, kind, workload, direction, route)] = make_route_key(
+                make_workload_key(ns, kind, workload), direction, route
+            )
+        rows = self._det.rows_for([keys[p] for p in cols.keys])
+        c = cols.col
+        return Observations(
+            rows=rows,
+            window_end=c("window_end"),
+            requests=c("requests"),
+            failures=c("failures"),
+            p50_ms=c("p50_ms"),
+            p95_ms=c("p95_ms"),
+            p99_ms=c("p99_ms"),
+            tls_failures=c("tls_failures"),
+            plaintext=c("plaintext_requests"),
+            mtls=c("mtls_requests"),
+            cert_ttl=c("cert_ttl_seconds"),
+            window_seconds=c("window_seconds"),
+            buckets=cols.buckets,
+            bounds=cols.bounds,
+        )
 
     def _add_window(self, obs: Observations) -> None:
         det = self._det
@@ -134,7 +164,11 @@ class DatasetBuilder:
         self.t_min = min(self.t_min, float(t.min()))
         self.t_max = max(self.t_max, float(t.max()))
         judged = np.column_stack([verdicts.kinds[k].judged for k in LEARNED_KINDS])
-        keep = judged.any(axis=1)
+        # the reservoir's random key is drawn first: once the reservoir is full,
+        # a row whose key is above the current cut-off can never be kept, so
+        # its features are not computed (most rows of a long history)
+        key = np.asarray(self._rng.random(judged.shape[0]), dtype=np.float64)
+        keep = judged.any(axis=1) & (key < self._cutoff)
         if not keep.any():
             return
         pos = np.flatnonzero(keep)
@@ -145,7 +179,7 @@ class DatasetBuilder:
             labels = np.column_stack([self.labeller(k, keys, t[pos]) for k in LEARNED_KINDS])
         self._chunks.append(
             _Chunk(
-                key=self._rng.random(pos.size),
+                key=key[pos],
                 features=feats,
                 judged=judged[pos],
                 score=np.column_stack([verdicts.kinds[k].score[pos] for k in LEARNED_KINDS]),
@@ -196,6 +230,8 @@ class DatasetBuilder:
             )
         ]
         self._rows = idx.size
+        if m.key.size > self.max_rows:
+            self._cutoff = float(m.key[idx].max())
 
     def finish(self) -> Dataset:
         if not self._chunks:
