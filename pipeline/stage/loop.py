@@ -19,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 
@@ -98,6 +99,10 @@ class StageStats:
 #: stage died on it, was restarted, re-read it and died again: one poison
 #: message stopped the partition for good.
 MAX_DEAD_VALUE_CHARS = 256 * 1024
+
+#: First and longest wait between attempts while the broker refuses a produce
+#: or commit (on top of kafka-python's own retries inside each attempt).
+BROKER_BACKOFF_SECONDS = (0.5, 10.0)
 
 
 def dead_letter(
@@ -194,6 +199,10 @@ class StageRunner:
         self.ready = threading.Event()
         self.metrics = metrics or StageMetrics(processor.name)
         self._last_loop = time.monotonic()
+        #: Why the broker cannot be used right now (None while it can): set by a
+        #: failed produce or commit, cleared by the next one that works.
+        self.broker_problem: str | None = None
+        self.broker_retries = 0
 
     @property
     def producer(self) -> KafkaProducer:
@@ -239,6 +248,8 @@ class StageRunner:
                 idle = list(self.processor.idle(time.time()))
                 if idle:
                     self._produce(idle)
+        except _StoppingError:
+            log.warning("%s: stopped while the broker was unreachable", self.processor.name)
         finally:
             self._close()
 
@@ -338,9 +349,42 @@ class StageRunner:
             offset=item.offset,
         )
 
-    def _produce(self, outputs: Sequence[Output]) -> None:
-        if not outputs:
+    def _until_done(self, what: str, attempt: Callable[[], None]) -> None:
+        """Run ``attempt`` until the broker takes it, backing off while it cannot.
+
+        A broker outage must not kill the stage (a restart would only come
+        back to the same outage) nor drop the batch in hand: its outputs are
+        sent again, then its offsets committed, so at-least-once holds and
+        the deterministic ids downstream absorb any copy. Meanwhile
+        ``/readyz`` says why the stage is not ready. A stop request ends the
+        wait without committing: the batch is read again after the restart.
+        """
+        backoff = BROKER_BACKOFF_SECONDS[0]
+        while True:
+            try:
+                attempt()
+            except KafkaError as exc:
+                if isinstance(exc, CommitFailedError):
+                    raise
+                self.broker_problem = f"{what} failed: {type(exc).__name__}: {exc}"[:300]
+                self.broker_retries += 1
+                log.warning(
+                    "%s: %s; retrying in %.1fs", self.processor.name, self.broker_problem, backoff
+                )
+                if self.stop_event.wait(backoff):
+                    raise _StoppingError from exc
+                backoff = min(backoff * 2, BROKER_BACKOFF_SECONDS[1])
+                continue
+            if self.broker_problem is not None:
+                log.warning("%s: the broker is back (%s)", self.processor.name, what)
+                self.broker_problem = None
             return
+
+    def _produce(self, outputs: Sequence[Output]) -> None:
+        if outputs:
+            self._until_done("produce", lambda: self._produce_once(outputs))
+
+    def _produce_once(self, outputs: Sequence[Output]) -> None:
         producer = self.producer
         futures = [
             producer.send(
@@ -364,13 +408,22 @@ class StageRunner:
                 self.metrics.produced(o.topic)
 
     def _commit(self, records: Sequence[Any]) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
         last: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             if r.offset >= last.get(tp, -1):
                 last[tp] = r.offset
-        self._consumer.commit({tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in last.items()})
+        offsets = {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in last.items()}
+        try:
+            self._until_done("commit", lambda: consumer.commit(offsets))
+        except CommitFailedError as exc:
+            # The group moved on (our session lapsed during an outage): the
+            # partitions are someone else's, or ours again from the last
+            # commit. The outputs are already acknowledged, so a re-read
+            # only repeats them.
+            log.warning("%s: offsets not committed: %s", self.processor.name, exc)
 
     def _handle_rebalance(self, partitions: Sequence[TopicPartition], assigned: bool) -> None:
         hook = self.processor.on_assign if assigned else self.processor.on_revoke
@@ -399,6 +452,18 @@ class StageRunner:
 
     # -- probes ---------------------------------------------------------------
 
+    def _coordinator_lost(self) -> bool:
+        """An idle consumer raises nothing while the broker is away; its group
+        coordinator going unknown is the sign (kafka-python keeps no public flag)."""
+        consumer = self._consumer
+        coordinator = getattr(consumer, "_coordinator", None)
+        if coordinator is None or not self.ready.is_set():
+            return False
+        try:
+            return bool(coordinator.coordinator_unknown())
+        except Exception:  # pragma: no cover - private API changed: say nothing
+            return False
+
     def live(self) -> tuple[bool, str]:
         """Alive while the loop keeps coming back to poll."""
         stalled = time.monotonic() - self._last_loop
@@ -410,9 +475,17 @@ class StageRunner:
     def is_ready(self) -> tuple[bool, str]:
         if self.stop_event.is_set():
             return False, "stopping"
+        if self.broker_problem is not None:
+            return False, f"broker unreachable: {self.broker_problem}"
+        if self._coordinator_lost():
+            return False, "broker unreachable: no group coordinator"
         if not self.ready.is_set():
             return False, "waiting for partition assignment and state restore"
         return True, f"ready, partitions {list(self.stats.assigned)}"
+
+
+class _StoppingError(Exception):
+    """A stop request arrived while waiting for the broker."""
 
 
 def _describe(exc: BaseException) -> str:
