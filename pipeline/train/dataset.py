@@ -12,6 +12,7 @@ which bounds memory whatever the history's length.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -73,7 +74,7 @@ class _Chunk:
     anomalous: BoolArray
     labels: BoolArray | None
     window_end: FloatArray
-    route: list[str]
+    route: npt.NDArray[np.int64]  # detector rows (no Python objects to keep alive)
 
 
 @dataclass
@@ -123,8 +124,16 @@ class DatasetBuilder:
         order = np.argsort(obs.window_end, kind="stable")
         ends = obs.window_end[order]
         cuts = np.flatnonzero(np.diff(ends)) + 1
-        for idx in np.split(order, cuts):
-            self._add_window(obs.take(idx))
+        # like the stage loop: no cyclic GC while a chunk's objects are alive
+        # (reference counting frees them; walking them is pure overhead)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for idx in np.split(order, cuts):
+                self._add_window(obs.take(idx))
+        finally:
+            if enabled:
+                gc.enable()
 
     def _observations(self, cols: GoldenColumns) -> Observations:
         """The detector's observation columns of a chunk (route rows from key parts)."""
@@ -173,9 +182,10 @@ class DatasetBuilder:
             return
         pos = np.flatnonzero(keep)
         feats = window_features(det, obs, verdicts, pos)
-        keys = [det.keys[int(r)] for r in obs.rows[verdicts.index[pos]]]
+        rows = obs.rows[verdicts.index[pos]]
         labels = None
         if self.labeller is not None:
+            keys = [det.keys[r] for r in rows.tolist()]
             labels = np.column_stack([self.labeller(k, keys, t[pos]) for k in LEARNED_KINDS])
         self._chunks.append(
             _Chunk(
@@ -188,7 +198,7 @@ class DatasetBuilder:
                 ),
                 labels=labels,
                 window_end=t[pos],
-                route=keys,
+                route=rows,
             )
         )
         self._rows += pos.size
@@ -208,7 +218,7 @@ class DatasetBuilder:
             anomalous=np.concatenate([x.anomalous for x in c]),
             labels=labels,
             window_end=np.concatenate([x.window_end for x in c]),
-            route=[r for x in c for r in x.route],
+            route=np.concatenate([x.route for x in c]),
         )
 
     def _trim(self) -> None:
@@ -226,7 +236,7 @@ class DatasetBuilder:
                 anomalous=m.anomalous[idx],
                 labels=None if m.labels is None else m.labels[idx],
                 window_end=m.window_end[idx],
-                route=[m.route[i] for i in idx],
+                route=m.route[idx],
             )
         ]
         self._rows = idx.size
@@ -250,7 +260,7 @@ class DatasetBuilder:
             baseline_score={k: m.score[order, i] for k, i in cols.items()},
             baseline_anomalous={k: m.anomalous[order, i] for k, i in cols.items()},
             window_end=m.window_end[order],
-            route=[m.route[i] for i in order],
+            route=[self._det.keys[r] for r in m.route[order].tolist()],
             labels=None if m.labels is None else {k: m.labels[order, i] for k, i in cols.items()},
             samples_seen=self.samples_seen,
             routes_seen=len(self._det.keys),
