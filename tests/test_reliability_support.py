@@ -142,7 +142,7 @@ def golden_batch(
         buckets = np.zeros(N_BUCKETS, dtype=np.int64)
         idx = np.clip(rng.normal(centre, 0.7, req).round().astype(int), 0, N_BUCKETS - 1)
         np.add.at(buckets, idx, 1)
-        bounds = np.asarray(LINKERD_LATENCY_BOUNDS_MS[:-1] + (LINKERD_LATENCY_BOUNDS_MS[-2],))
+        bounds = np.asarray((*LINKERD_LATENCY_BOUNDS_MS[:-1], LINKERD_LATENCY_BOUNDS_MS[-2]))
         lat_sum = float((buckets * bounds).sum()) * 0.7
         samples.append(
             GoldenSample(
