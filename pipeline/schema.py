@@ -212,9 +212,10 @@ class Finding(_Message):
     status: Literal["firing", "resolved"]
     severity: Severity = "warning"
     score: Annotated[float, Field(ge=0.0, le=1.0)]
-    observed: float | None
-    expected_low: float | None
-    expected_high: float | None
+    # Defaults for the same reason as EvidencePoint.value: encode() drops None.
+    observed: float | None = None
+    expected_low: float | None = None
+    expected_high: float | None = None
     unit: str
     window_end: FiniteFloat
     started_at: FiniteFloat = Field(description="Window end at which the anomaly began.")
