@@ -78,6 +78,10 @@ def reload_latency(cfg: Any, registry_dir: Path, detectors: int = 2, rounds: int
         update={"models": cfg.models.model_copy(update={"registry_dir": str(registry_dir)})}
     )
     reg = Registry.at(registry_dir)
+    if not reg.versions():  # the candidate was not published: use the shipped default
+        from models.registry import DEFAULT_DIR, load_dir
+
+        reg.publish(load_dir(DEFAULT_DIR).model, training={}, metrics={}, false_alert_budget=1e-4)
     first = reg.versions()[0]
     second = reg.publish(reg.load(first).model, training={}, metrics={}, false_alert_budget=1e-4)
     reg.promote(first)

@@ -136,7 +136,7 @@ def fit(
     holdout: BoolArray | None = None,
     false_alert_budget: float = 1e-4,
     seed: int = 0,
-    n_estimators: int = 60,
+    n_estimators: int = 40,
 ) -> LearnedModel:
     """Train one estimator per kind and calibrate it on held-back normal windows.
 
