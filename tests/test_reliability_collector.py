@@ -21,8 +21,8 @@ import os
 import random
 import statistics
 import threading
-from itertools import pairwise
 from collections import Counter, defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
