@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
