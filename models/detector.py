@@ -280,9 +280,7 @@ class RouteDetector:
         # longest certificate TTL seen (≈ the certificate lifetime)
         self.cert_max = np.full(capacity, np.nan)
         # daily profile of the log request rate, and when the route was first seen
-        # float32: offsets in log space moved by steps of ~1e-3; float32's
-        # 1e-7 resolution loses nothing that shows, and halves 48 bins' bytes
-        self.season = np.zeros((capacity, max(p.season_bins, 1)), dtype=np.float32)
+        self.season = np.zeros((capacity, max(p.season_bins, 1)))
         self.first_seen = np.full(capacity, np.nan)
         self._window_end = np.zeros(0)
         self.keys: list[str] = []
