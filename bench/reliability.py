@@ -7,6 +7,8 @@ waits, so it runs beside the others.
 
     python bench/reliability.py                          # the full set (~15 min)
     python bench/reliability.py --kill-runs 2 --kills 6 --outage 60 --sink-down 60
+    python bench/reliability.py --kill-runs 0 --poison-runs 0 --outage 30 --sink-down 30 \\
+        --collector-kills 10                             # one scenario's worth, quickly
 
 What each scenario asserts is in its test's docstring: nothing lost
 (findings equal an uninterrupted reference run; every incident notified),
@@ -55,7 +57,7 @@ class Run:
         return self.proc.returncode == 0
 
     def summary(self) -> list[str]:
-        keep = ("SIGKILL", "poison", "broker down", "sink down", "passed", "failed", "Error")
+        keep = ("SIGKILL", "poison", "broker down", "sink down", "collector:", "passed", "failed")
         return [ln.strip() for ln in self.output.splitlines() if any(k in ln for k in keep)][-6:]
 
 
@@ -64,6 +66,7 @@ def main() -> int:
     p.add_argument("--kill-runs", type=int, default=3, help="runs of the SIGKILL test")
     p.add_argument("--kills", type=int, default=12, help="SIGKILLs per run")
     p.add_argument("--poison-runs", type=int, default=3)
+    p.add_argument("--collector-kills", type=int, default=10)
     p.add_argument("--outage", type=float, default=180.0, help="broker outage, seconds")
     p.add_argument("--sink-down", type=float, default=600.0, help="sink outage, seconds")
     p.add_argument("--seed", type=int, default=20261127)
@@ -93,6 +96,16 @@ def main() -> int:
         )
         for i in range(args.poison_runs)
     ]
+    runs.append(
+        Run(
+            "collector SIGKILLs",
+            "tests/test_reliability_collector.py",
+            {
+                "MESHWATCH_RELIABILITY_COLLECTOR_KILLS": str(args.collector_kills),
+                "MESHWATCH_RELIABILITY_SEED": str(args.seed),
+            },
+        )
+    )
     runs.append(
         Run(
             "broker outage",

@@ -52,7 +52,7 @@ from tests.test_reliability_support import (
 #: Per-example budget: far above what any decode needs (< 5 ms), far below a hang.
 DEADLINE_MS = 2000
 FUZZ = settings(
-    max_examples=int(os.environ.get("MESHWATCH_FUZZ_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("MESHWATCH_FUZZ_EXAMPLES", "100")),
     deadline=DEADLINE_MS,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

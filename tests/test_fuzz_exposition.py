@@ -29,7 +29,7 @@ from pipeline.collect.exposition import (
 from tests.conftest import shared_dir
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("MESHWATCH_FUZZ_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("MESHWATCH_FUZZ_EXAMPLES", "100")),
     deadline=2000,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

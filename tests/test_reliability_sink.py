@@ -1,14 +1,13 @@
 """A sink that is down (nothing listening) while incidents open: everything arrives after.
 
-``meshwatch alert`` runs as a child with the project's default retry policy
-(6 attempts, backoff up to 30 s), and a webhook URL on a port where nothing
-listens yet. Findings for N routes arrive while the sink is down, longer
+``meshwatch alert`` runs as a child with a short retry policy (3 attempts,
+backoff up to 2 s) and a webhook URL on a port where nothing listens yet. Findings for N routes arrive while the sink is down, longer
 than the retry policy lasts; then the receiver starts on that port. Every
 firing notice must arrive exactly once, and the resolves sent after the
 recovery too — the outbox keeps what a sink has not taken.
 
 ``MESHWATCH_RELIABILITY_SINK_DOWN`` sets the downtime in seconds (default
-40; ``bench/reliability.py`` runs 10 minutes).
+15; ``bench/reliability.py`` runs 10 minutes).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ ROUTES = 12
 
 
 def down_seconds() -> float:
-    return float(os.environ.get("MESHWATCH_RELIABILITY_SINK_DOWN", "40"))
+    return float(os.environ.get("MESHWATCH_RELIABILITY_SINK_DOWN", "15"))
 
 
 def findings(status: str) -> list[Finding]:
@@ -91,6 +90,11 @@ def test_sink_down_longer_than_retries_then_everything_delivered_once(
                 "grouping": {"group_by": ["..."], "group_wait_seconds": 0},
                 "flap_damping_seconds": 0,
                 "rate_limits": {"hook": {"per_second": 200, "burst": 50}},
+                "retry": {
+                    "max_attempts": 3,
+                    "initial_backoff_seconds": 0.2,
+                    "max_backoff_seconds": 2.0,
+                },
             },
         },
     )
