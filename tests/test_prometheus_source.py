@@ -229,6 +229,14 @@ def test_many_metric_families_are_one_query_and_keep_the_name() -> None:
     assert 'route_kind!="default"' in policy and 'parent_port!~"4191"' in policy
 
 
+def test_many_metric_families_cannot_be_summed_per_workload() -> None:
+    # Per-workload sums of one family overlap (main, new series, restarted): joined by
+    # ``or`` in a shared query, one of two rows with the same labels would be lost.
+    with pytest.raises(ValueError, match="summed per pod"):
+        promql.Family("x", (promql.Part(("a_total", "b_total")),), level="workload")
+    assert promql.Family("x", (promql.Part(("a_total", "b_total")),)).shared
+
+
 def test_configured_label_names_and_selector_are_used_everywhere() -> None:
     cfg = make_cfg(
         selector='job="kubernetes-pods", cluster="eu"',
