@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -54,13 +55,25 @@ class Alerter:
     def __init__(self, config: Path, log: Path) -> None:
         self.config = config
         self.log = log
+        # A group of its own: the session's broker is shared by every test, and
+        # members left in a common group by earlier tests delay the join.
+        self.group = f"alerter-{uuid.uuid4().hex[:8]}"
         self.kills: list[float] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "alert", "-c", str(self.config)],
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.cli",
+                    "alert",
+                    "-c",
+                    str(self.config),
+                    "--group",
+                    self.group,
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )

@@ -60,7 +60,8 @@ def test_a_workload_group_is_one_notification_with_two_replicas(
             [webhook("hook", rx.url)],
             grouping={"group_wait_seconds": 3, "group_interval_seconds": 600},
         )
-        replicas = [RunningAlerter(cfg, "alerter"), RunningAlerter(cfg, "alerter")]
+        group = f"alerter-{cfg.topics.prefix}"  # not shared with other tests' members
+        replicas = [RunningAlerter(cfg, group), RunningAlerter(cfg, group)]
         try:
 
             def settled() -> bool:
