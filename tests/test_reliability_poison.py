@@ -183,8 +183,9 @@ def test_detector_dead_letters_every_poison_and_keeps_detecting(
         found = read_records(
             kafka_cfg,
             kafka_cfg.topics.findings,
-            lambda rs: {decode(Finding, r.value).id for r in rs} >= reference
-            or detector.error is not None,
+            lambda rs: (
+                {decode(Finding, r.value).id for r in rs} >= reference or detector.error is not None
+            ),
             timeout=120,
         )
     except AssertionError as exc:

@@ -262,8 +262,11 @@ class StageRunner:
             except Exception:  # pragma: no cover - best effort on shutdown
                 log.exception("%s: error closing consumer", self.processor.name)
         if self._producer is not None and self._owns_producer:
-            self._producer.flush(timeout=10)
-            self._producer.close(timeout=10)
+            try:
+                self._producer.flush(timeout=10)
+                self._producer.close(timeout=10)
+            except KafkaError as exc:  # stopped during an outage: nothing committed waits on it
+                log.warning("%s: producer not flushed on stop: %s", self.processor.name, exc)
 
     def _decode(self, records: Sequence[Any]) -> tuple[list[Inbound[Any]], list[Output]]:
         good: list[Inbound[Any]] = []
