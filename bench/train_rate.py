@@ -2,6 +2,7 @@
 
     python bench/train_rate.py                      # 1,000 routes x 360 windows (1 h)
     python bench/train_rate.py --windows 1440       # 4 h of 10 s windows
+    python bench/train_rate.py --overhead-only      # the trained layer's cost in the engine
 
 The issue's target is 1,000 routes x 7 days of 10 s windows (60.5 M
 route-windows) within 10 minutes. Producing that much synthetic history into
@@ -162,6 +163,31 @@ def _until(cond: Any, timeout: float) -> None:
         time.sleep(0.005)
 
 
+def scoring_overhead(routes: int = 5000, windows: int = 40) -> None:
+    """Share of the engine's time spent in the trained layer (prefilter, features,
+    models), on synthetic windows where 1 % of the routes turn faulty at window 30.
+    Reference in the same run: the same engine with ``combine: off``."""
+    from pipeline.config import DetectorConfig
+    from pipeline.detect import columnar
+    from pipeline.detect.engine import DetectionEngine
+
+    shape = MeshShape(routes=routes, windows=windows, fault_from=30)
+    decoded = [columnar.decode_golden(v) for _, v in generate_records(shape)]
+    per = len(decoded) // windows
+    took: dict[str, float] = {}
+    for combine in ("off", "max", "off", "max"):
+        eng = DetectionEngine(DetectorConfig())
+        eng.scoring.combine = combine
+        t = time.perf_counter()
+        for w in range(windows):
+            eng.process_decoded(decoded[w * per : (w + 1) * per])
+        took[combine] = min(took.get(combine, float("inf")), time.perf_counter() - t)
+    n = routes * windows
+    print(f"engine, {routes:,} routes x {windows} windows: combine=off {n / took['off']:,.0f} "
+          f"samples/s, combine=max {n / took['max']:,.0f} samples/s "
+          f"(ratio {took['off'] / took['max']:.2f}; model {eng.scoring.version})")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--routes", type=int, default=1000)
@@ -169,7 +195,13 @@ def main() -> int:
     ap.add_argument("--bootstrap", default=None, help="an existing broker (default: embedded)")
     ap.add_argument("--out", type=Path, default=None, help="report folder (default: a temp dir)")
     ap.add_argument("--no-reload", action="store_true", help="skip the promote→reload part")
+    ap.add_argument(
+        "--overhead-only", action="store_true", help="only the trained layer's cost in the engine"
+    )
     args = ap.parse_args()
+    if args.overhead_only:
+        scoring_overhead()
+        return 0
     shape = MeshShape(routes=args.routes, windows=args.windows, fault_share=0.01, fault_from=200)
     print(f"machine: {machine_line()} (shared with other jobs: numbers are noisy)")
     with bench_broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory() as tmp:
