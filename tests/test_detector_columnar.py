@@ -24,7 +24,7 @@ from pipeline.schema import GoldenBatch, decode, describe_error, encode
 from pipeline.stage.loop import Inbound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from common import MeshShape, generate_records  # noqa: E402
+from common import MeshShape, generate_records
 
 
 def _records(routes: int = 200, windows: int = 14) -> list[bytes]:

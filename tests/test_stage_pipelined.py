@@ -4,12 +4,16 @@ are committed only after them, and a restart resumes where it left off."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
+from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
 
 from pipeline.config import MeshwatchConfig
 from pipeline.detect.stage import DetectorProcessor
 from pipeline.schema import GoldenBatch, GoldenSample, encode
+from pipeline.stage.loop import Output
 from pipeline.stage.pipelined import PipelinedStageRunner
 from tests.kafka_helpers import produce, read_records, wait_until
 
@@ -76,3 +80,69 @@ def test_findings_land_and_offsets_follow_them(kafka_cfg: MeshwatchConfig) -> No
         runner2.stop()
         t2.join(20)
     assert runner2.stats.consumed == 1
+
+
+class _Future:
+    def __init__(self, ok: bool) -> None:
+        self.is_done = True
+        self._ok = ok
+
+    def failed(self) -> bool:
+        return not self._ok
+
+    def get(self, timeout: float | None = None) -> None:
+        if not self._ok:
+            raise KafkaTimeoutError("not acknowledged")
+
+
+class _Producer:
+    """Fails every send of the first ``fail`` calls; records what it was given."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.sent: list[bytes] = []
+
+    def send(self, topic: str, **kw: Any) -> _Future:
+        self.sent.append(kw["value"])
+        ok = self.fail <= 0
+        self.fail -= 1
+        return _Future(ok)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.commits.append({tp: o.offset for tp, o in offsets.items()})
+
+
+class _Record:
+    def __init__(self, offset: int) -> None:
+        self.topic, self.partition, self.offset = "golden", 0, offset
+
+
+def test_a_failed_send_is_sent_again_before_its_offsets_are_committed(
+    kafka_cfg: MeshwatchConfig,
+) -> None:
+    producer = _Producer(fail=1)
+    runner = PipelinedStageRunner(
+        kafka_cfg,
+        DetectorProcessor(kafka_cfg),
+        "golden",
+        "g",
+        producer=producer,
+    )
+    consumer = _Consumer()
+    runner._consumer = consumer
+    out = [Output("findings", b"k", b"first"), Output("findings", b"k", b"second")]
+    runner._in_batch = True
+    runner._produce(out)
+    runner._commit([_Record(7), _Record(8)])
+    runner._in_batch = False
+    # the first send failed: both outputs went out again, then offset 9 was committed
+    assert producer.sent == [b"first", b"second", b"first", b"second"]
+    assert consumer.commits == [{TopicPartition("golden", 0): 9}]

@@ -9,9 +9,10 @@ offsets are committed once all of them are acknowledged, checked before each
 later batch, so acknowledging one batch overlaps handling the next.
 
 The guarantee is unchanged — at least once: offsets are committed only for
-batches whose every output the broker acknowledged, in order; a failed send
-raises (as in the base loop) and nothing from that batch on is committed, so
-a restart re-reads it. What changes is how much may be re-read after a crash:
+batches whose every output the broker acknowledged, in order; a batch with a
+failed send has its outputs sent again with the base loop's retries (a broker
+outage waits, it does not kill the stage) before it or anything after it is
+committed. What changes is how much may be re-read after a crash:
 up to ``max_in_flight`` batches instead of one (outputs carry deterministic
 ids, so the next stage drops the repeats). Before partitions are revoked or
 the runner closes, everything in flight is flushed and committed.
@@ -22,9 +23,11 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from kafka import TopicPartition
+from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.stage.loop import Output, StageRunner
@@ -41,9 +44,9 @@ class PipelinedStageRunner(StageRunner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_batch = False
-        self._broken = False
         self._sent: list[Any] = []  # futures of the batch being handled
-        self._inflight: deque[tuple[list[Any], dict[TopicPartition, int]]] = deque()
+        self._outputs: list[Output] = []  # and its outputs, to send again if need be
+        self._inflight: deque[tuple[list[Any], list[Output], dict[TopicPartition, int]]] = deque()
 
     def _handle(self, records: Sequence[Any]) -> None:
         self._in_batch = True
@@ -77,6 +80,7 @@ class PipelinedStageRunner(StageRunner):
                 self.metrics.dead_lettered(reason)
             else:
                 self.metrics.produced(o.topic)
+        self._outputs.extend(outputs)
         self.stats.produced += len(outputs)
 
     def _commit(self, records: Sequence[Any]) -> None:
@@ -85,34 +89,55 @@ class PipelinedStageRunner(StageRunner):
             tp = TopicPartition(r.topic, r.partition)
             if r.offset >= last.get(tp, -1):
                 last[tp] = r.offset
-        self._inflight.append((self._sent, last))
-        self._sent = []
+        self._inflight.append((self._sent, self._outputs, last))
+        self._sent, self._outputs = [], []
         if len(self._inflight) > self.max_in_flight:
             self.producer.flush()
         self._settle()
 
     def _settle(self) -> None:
-        """Commit, in one request, every leading batch whose outputs are all acknowledged."""
+        """Commit, in one request, every leading batch whose outputs are all acknowledged.
+
+        A batch with a failed send has its outputs sent again, blocking, with
+        the base loop's retries while the broker is away; only then are it
+        and the batches after it committed, in order.
+        """
         merged: dict[TopicPartition, int] = {}
         while self._inflight and all(f.is_done for f in self._inflight[0][0]):
-            futures, last = self._inflight[0]
-            for f in futures:
-                if f.failed():
-                    # Neither this batch nor any later one is committed: a
-                    # restart re-reads from here, as after a crash.
-                    self._broken = True
-                    raise f.exception
+            futures, outputs, last = self._inflight[0]
+            if any(f.failed() for f in futures):
+                self._until_done("produce", partial(self._send_and_wait, outputs))
             self._inflight.popleft()
             for tp, off in last.items():
                 merged[tp] = max(off, merged.get(tp, -1))
-        if merged and self._consumer is not None:
-            self._consumer.commit(
-                {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in merged.items()}
+        consumer = self._consumer
+        if merged and consumer is not None:
+            offsets = {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in merged.items()}
+            try:
+                self._until_done("commit", lambda: consumer.commit(offsets))
+            except CommitFailedError as exc:
+                # as in the base loop: the outputs are acknowledged, a re-read only repeats them
+                log.warning("%s: offsets not committed: %s", self.processor.name, exc)
+
+    def _send_and_wait(self, outputs: Sequence[Output]) -> None:
+        producer = self.producer
+        futures = [
+            producer.send(
+                o.topic,
+                value=o.value,
+                key=o.key,
+                headers=list(o.headers) or None,
+                partition=o.partition,
             )
+            for o in outputs
+        ]
+        producer.flush()
+        for f in futures:
+            f.get(timeout=30)
 
     def _drain(self) -> None:
         """Wait for everything in flight and commit it."""
-        if self._inflight and not self._broken:
+        if self._inflight:
             self.producer.flush()
             self._settle()
 
