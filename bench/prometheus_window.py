@@ -253,7 +253,7 @@ async def quiet_rounds(
     print(f"\nquiet rounds (scraping stopped; window, then references; {args.rounds} rounds):")
     print(
         f"  {'round':>5} {'window q s':>10} {'cpu':>6} {'fold s':>7} {'floor s':>8} {'cpu':>6} "
-        f"{'linkerd s':>9} {'cpu':>6} {'rows':>8} {'floor rows':>10}"
+        f"{'linkerd s':>9} {'cpu':>6} {'rows':>8} {'routes':>7}"
     )
     runs: list[tuple[float, ...]] = []
     with ThreadPoolExecutor(args.concurrency) as pool:
@@ -264,12 +264,13 @@ async def quiet_rounds(
             if report.skipped:
                 print(f"  {i:>5} skipped: {report.skipped}")
                 continue
-            fw, fc, _, frows = await reference(source, end, pid, "floor", pool)
+            fw, fc, _, _ = await reference(source, end, pid, "floor", pool)
             lw, lc, _, _ = await reference(source, end, pid, "linkerd", pool)
             runs.append((report.query_seconds, cpu, report.fold_seconds, fw, fc, lw, lc))
             print(
                 f"  {i:>5} {report.query_seconds:>10.3f} {cpu:>6.2f} {report.fold_seconds:>7.3f} "
-                f"{fw:>8.3f} {fc:>6.2f} {lw:>9.3f} {lc:>6.2f} {report.rows:>8,} {frows:>10}"
+                f"{fw:>8.3f} {fc:>6.2f} {lw:>9.3f} {lc:>6.2f} {report.rows:>8,} "
+                f"{report.samples:>7,}"
             )
     if not runs:
         return

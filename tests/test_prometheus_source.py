@@ -647,6 +647,64 @@ def test_recorded_prometheus_window_replays_to_the_direct_scrape_batches() -> No
 # -- 3. failures -------------------------------------------------------------------------
 
 
+class InfoClient:
+    """Answers each window's info query from a script; every other query with no rows."""
+
+    def __init__(self, pods_by_end: Mapping[float, Mapping[str, Mapping[str, Any]]]) -> None:
+        self.pods_by_end = pods_by_end
+        self.asked: list[str] = []
+
+    def query(self, expr: str, at: float, timeout: float) -> list[dict[str, Any]]:
+        self.asked.append(expr)
+        if '"mw_info", "up"' not in expr:
+            return []
+        rows = info_rows(self.pods_by_end[at])
+        for row in rows:  # info_rows stamps T1: move every time to this window
+            m = row["metric"]
+            if m["mw_info"] in ("up_at", "up0_at", "start", "start0", "cert"):
+                row["value"] = [at, str(float(row["value"][1]) + at - T1)]
+        return rows
+
+    def close(self) -> None:
+        pass
+
+
+def test_family_queries_go_out_with_the_info_query_and_a_wrong_guess_pauses_guessing() -> None:
+    """Sent on the last window's pod sets; after a restart (a wrong guess) the next waits."""
+    ends = [T1 + 10 * k for k in range(4)]
+    pods: dict[float, dict[str, dict[str, Any]]] = {
+        e: {"web-0": steady(), "web-1": steady()} for e in ends
+    }
+    pods[ends[1]]["web-1"] = steady(start=T1 - 5, start0=T1 - 86400)  # restarted in window 1
+    client = InfoClient(pods)
+    src = PrometheusSource(make_cfg(), client=client)
+    got = []
+    guessed: list[int] = []
+    for end in ends:
+        report, _ = asyncio.run(src.build_window(end))
+        assert report.skipped is None, report.skipped
+        got.append((report.restarted, report.guessed_unused, report.queries))
+        guessed.append(report.guessed)
+    asyncio.run(src.aclose())
+    plan = len(src.plan(src.window(T1)))
+    # 0: guessed right; 1: web-1 restarted, so the guessed main queries were wasted and
+    # sent again naming it; 2: no guess (waits for the info query); 3: guessing again.
+    (r0, u0, q0), (r1, u1, q1), (r2, u2, q2), (r3, u3, q3) = got
+    assert (r0, u0, q0) == (0, 0, 2 + plan)
+    assert (
+        r1 == 1
+        and u1 > 0
+        and q1
+        == 2
+        + plan
+        + len(src.plan(dataclasses.replace(src.window(ends[1]), restarted=(("shop", "web-1"),))))
+        - (plan - u1)
+    )
+    assert (r2, u2, q2) == (0, 0, 2 + plan)
+    assert (r3, u3, q3) == (0, 0, 2 + plan)
+    assert guessed == [plan, plan, 0, plan]
+
+
 class FakePrometheus:
     """A local HTTP server standing in for Prometheus: ok, 503, 400, or hanging."""
 

@@ -204,6 +204,8 @@ class PromCycleReport(CycleReport):
     left_out: list[str] = field(default_factory=list)
     restarted: int = 0  # pods counted in full (restarted, or started in the window)
     new_series: int = 0  # pods with latency series that began in the window
+    guessed: int = 0  # family queries sent on the last window's pod sets, with the info query
+    guessed_unused: int = 0  # ... and then not needed (sent again for the real pod sets)
 
 
 def _iso(t: float) -> str:
@@ -272,7 +274,10 @@ class PrometheusSource:
         #: Time all of a window's queries share (default: the window's length).
         self.deadline_seconds = deadline_seconds or cfg.window.seconds
         #: The pod sets the last window found, to send its queries before the info query answers.
-        self._guess: _PodSets = _PodSets()
+        #: None after a window whose guess was wrong: the next one waits for the info query,
+        #: so a mesh that restarts pods every window pays for a wrong guess at most every
+        #: other window.
+        self._guess: _PodSets | None = _PodSets()
         self._pool = ThreadPoolExecutor(
             max_workers=self.pcfg.concurrency, thread_name_prefix="meshwatch-promql"
         )
@@ -303,8 +308,9 @@ class PrometheusSource:
         queries the previous window's pod sets imply are sent together with it:
         pods that are down stay down, and a window without restarts asks
         exactly what the last one asked. Only the queries the info query
-        changes are sent again; a guess is never used for its answer, only
-        the query text decides which answer belongs to which query.
+        changes are sent again (``guessed_unused`` counts the wasted ones);
+        a guess is never used for its answer, only the query text decides
+        which answer belongs to which query.
         """
         started = time.perf_counter()
         report = PromCycleReport(window_end=window_end)
@@ -321,8 +327,10 @@ class PrometheusSource:
         try:
             q_started = time.perf_counter()
             info_t, new_t = send(info_query(w)), send(new_series_query(w))
-            for _, q in self.plan(self._guess.apply(w)):
+            guessed = [] if self._guess is None else self.plan(self._guess.apply(w))
+            for _, q in guessed:
                 send(q)
+            report.guessed = len(guessed)
             info, new = await info_t, await new_t
             cov = cover(
                 read_info([*info, *new], self.labels),
@@ -347,9 +355,13 @@ class PrometheusSource:
                 new_series=tuple(cov.new_series),
                 bare=tuple(cov.bare),
             )
-            self._guess = replace(pods, restarted=())  # a restart is news for one window only
             w = pods.apply(w)
             plan = self.plan(w)
+            needed = {q for _, q in plan}
+            report.guessed_unused = sum(q not in needed for _, q in guessed)
+            # A restart is news for one window only; after a wrong guess, do not guess.
+            hit = self._guess is None or report.guessed_unused == 0
+            self._guess = replace(pods, restarted=()) if hit else None
             rows = await asyncio.gather(*(send(q) for _, q in plan))
             report.query_seconds = time.perf_counter() - q_started
         except QueryError as exc:
