@@ -135,6 +135,19 @@ def test_unknown_paths_and_methods_reveal_nothing() -> None:
         for method in ("POST", "PUT", "DELETE"):
             r = httpx.request(method, endpoint.url + "/metrics", content=b"x")
             assert r.status_code == 501, method  # read-only: no handler for writes
+        # the stdlib's default Server header would name the Python version
+        assert httpx.get(endpoint.url + "/healthz").headers["server"] == "meshwatch"
+    finally:
+        endpoint.stop()
+
+
+def test_an_ipv6_address_is_served_over_ipv6() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6 stack")
+    endpoint = ObservabilityEndpoint("[::1]:0", CollectorRegistry()).start()
+    try:
+        assert endpoint.url.startswith("http://[::1]:")
+        assert httpx.get(endpoint.url + "/healthz").text == "ok\n"
     finally:
         endpoint.stop()
 

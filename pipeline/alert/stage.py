@@ -49,6 +49,7 @@ from pipeline.alert.delivery import DeliveryOutcome, deliver, make_client
 from pipeline.alert.grouping import Decision, Grouper, Muted, muted_by, single_id
 from pipeline.alert.incidents import FAILED, TOLD_FIRING, IncidentBook
 from pipeline.alert.message import Member, Notification, render_links
+from pipeline.alert.metrics import OpenIncidentsCollector
 from pipeline.alert.outbox import OUTBOX_PREFIX, OutboxEntry, OutboxMember, SinkQueue
 from pipeline.alert.ratelimit import Limiter, limiter_for
 from pipeline.alert.routing import Router, incident_labels
@@ -57,6 +58,7 @@ from pipeline.alert.sinks import Sink, build_sink
 from pipeline.config import MeshwatchConfig
 from pipeline.kafka.clients import make_producer
 from pipeline.kafka.replay import read_to_end
+from pipeline.observe.stage_metrics import StageMetrics
 from pipeline.schema import Finding, Incident, decode, encode
 from pipeline.stage.loop import Inbound, Output, dead_letter
 
@@ -186,6 +188,9 @@ class AlerterProcessor:
         self._next_refresh: dict[str, float] = {}
         self.deliveries: deque[Delivered] = deque(maxlen=200)
         self._lock = threading.Lock()
+        #: handed to the StageRunner so /metrics serves deliveries and open incidents
+        self.metrics = StageMetrics(self.name)
+        self.metrics.registry.register(OpenIncidentsCollector(self._incident_snapshot))
         self.stats = AlerterStats()
         log.info(
             "alerter: group_by %s, group_wait %.1f s, group_interval %.1f s, repeat %.0f s, "
@@ -741,8 +746,14 @@ class AlerterProcessor:
         )
         self._futures.append(future)
 
+    def _incident_snapshot(self) -> list[Incident]:
+        # list() of a dict view runs without releasing the GIL: a consistent copy
+        # even while the stage thread changes the book
+        return list(self.book.incidents.values())
+
     def _note(self, entry: OutboxEntry, ok: bool, detail: str) -> None:
         f = entry.lead.finding
+        self.metrics.delivered(entry.sink, ok)
         with self._lock:
             self.deliveries.append(
                 Delivered(

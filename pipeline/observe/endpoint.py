@@ -9,6 +9,7 @@ environment, no stack traces — so exposing it leaks nothing.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,12 +46,17 @@ class ObservabilityEndpoint:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self) -> ObservabilityEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
+            # the default Server header names the Python version: nothing to give away
+            server_version = "meshwatch"
+            sys_version = ""
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -75,7 +81,8 @@ class ObservabilityEndpoint:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # probes every few seconds would drown the stage's own logs
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server_cls = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        self._server = server_cls((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
@@ -90,3 +97,9 @@ class ObservabilityEndpoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """For ``[::]:9464`` and other IPv6 binds; the stdlib server is IPv4 only."""
+
+    address_family = socket.AF_INET6
