@@ -155,9 +155,17 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_show(args: argparse.Namespace) -> int:
     _, reg = _registry(args)
     version = args.version or reg.production()
-    if version is None:
-        print("no production version (give a VERSION)", file=sys.stderr)
-        return EXIT_ERROR
+    if version is None:  # what the detectors use then: the shipped default
+        from models.registry import DEFAULT_DIR, load_dir
+
+        try:
+            print(manifest_text(load_dir(DEFAULT_DIR).manifest))
+        except ArtifactError as exc:
+            print(f"no production version, and the shipped default is unusable: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_ERROR
+        print("no production version: this is the shipped default (verified)")
+        return EXIT_OK
     try:
         manifest = reg.manifest(version)
         reg.load(version)
