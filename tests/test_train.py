@@ -115,3 +115,38 @@ def test_a_candidate_is_published_only_if_no_worse() -> None:
     assert not ok and any("more than the allowed" in r for r in reasons)
     ok, reasons = compare(same, None, 1e-4)
     assert ok and any("no model in production" in r for r in reasons)
+
+
+@pytest.mark.integration
+def test_a_workload_share_keeps_whole_workloads_and_skips_the_rest(
+    kafka_cfg: MeshwatchConfig,
+) -> None:
+    from pipeline.train.history import topic_chunks
+    from tests.test_registry_follow import window
+
+    records = []
+    for w in range(12):
+        for i in range(5):
+            b = window(i, 1_700_000_000.0)
+            wk = f"ns{w}/deploy/api"
+            b = b.model_copy(
+                update={
+                    "workload_key": wk,
+                    "samples": tuple(
+                        s.model_copy(update={"namespace": f"ns{w}"}) for s in b.samples
+                    ),
+                }
+            )
+            records.append((wk.encode(), encode(b)))
+    produce(kafka_cfg, kafka_cfg.topics.golden, records)
+    stats: dict[str, int] = {}
+    read = [d for chunk in topic_chunks(kafka_cfg, 0, 4e9, stats=stats, workload_share=0.5)
+            for d in chunk]  # fmt: skip
+    kept: dict[str, int] = {}
+    for d in read:
+        kept[d.workload_key] = kept.get(d.workload_key, 0) + 1
+    assert 0 < len(kept) < 12  # some workloads in, some out
+    assert set(kept.values()) == {5}  # a kept workload has all its windows
+    assert stats["records"] == 60 and stats["sampled_out"] == 60 - len(read)
+    everything = [d for chunk in topic_chunks(kafka_cfg, 0, 4e9) for d in chunk]
+    assert len(everything) == 60

@@ -30,6 +30,7 @@ from pipeline.train.job import (
 )
 
 EXIT_OK = 0
+EXIT_CONFIG = 2
 
 
 def _when(text: str | None, default: float) -> float:
@@ -55,6 +56,9 @@ def _cfg(args: argparse.Namespace) -> MeshwatchConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
+    if not 0 < args.workload_share <= 1:
+        print("--workload-share must be in (0, 1]", file=sys.stderr)
+        return EXIT_CONFIG
     until = _when(args.until, time.time())
     since = _when(args.since, until - cfg.models.train_hours * 3600.0)
     source = "simulated" if args.default else ("file" if args.input else "golden")
@@ -68,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         publish_event=not args.no_event,
         report_dir=args.report,
         scenario_windows=args.scenario_windows,
+        workload_share=args.workload_share,
     )
     console = Console(stderr=True)
     metrics = _serve_metrics(args.metrics_address)
@@ -252,6 +257,12 @@ def add_commands(sub: Any) -> None:
     )
     tr.add_argument("--until", default=None, help="range end (ISO or unix; default now)")
     tr.add_argument("--force", action="store_true", help="publish even if not better")
+    tr.add_argument(
+        "--workload-share",
+        type=float,
+        default=1.0,
+        help="train on this share of the workloads (by key hash, before decoding; default 1)",
+    )
     tr.add_argument(
         "--default",
         action="store_true",

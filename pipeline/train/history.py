@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pipeline.schema import GoldenSample
 
 log = logging.getLogger(__name__)
 CHUNK = 20_000
+_HASH_SPACE = 1_000_000
 Progress = Callable[[int], None]
 
 
@@ -38,9 +40,17 @@ def topic_chunks(
     progress: Progress | None = None,
     stats: dict[str, int] | None = None,
     timeout_s: float = 3600.0,
+    workload_share: float = 1.0,
 ) -> Iterator[list[Decoded]]:
     """The golden topic's messages with ``since < window_end <= until``, decoded
-    with the detector's fast decoder, in chunks of about ``CHUNK`` samples."""
+    with the detector's fast decoder, in chunks of about ``CHUNK`` samples.
+
+    ``workload_share`` < 1 keeps that share of the workloads, chosen by a hash
+    of the record key (the workload key) before decoding: a workload's routes
+    are all in or all out, so every kept route still has its whole history.
+    The training sample is bounded anyway; this bounds the time to fill it.
+    """
+    cut = int(workload_share * _HASH_SPACE)
     topic = cfg.topics.golden
     parts = range(cfg.topics.specs["golden"].partitions)
     chunk: list[Decoded] = []
@@ -50,6 +60,10 @@ def topic_chunks(
     counts.setdefault("invalid", 0)
     for record in read_to_end(cfg.kafka, topic, list(parts), timeout_s=timeout_s):
         counts["records"] += 1
+        key = record.key
+        if cut < _HASH_SPACE and key is not None and zlib.crc32(key) % _HASH_SPACE >= cut:
+            counts["sampled_out"] = counts.get("sampled_out", 0) + 1
+            continue
         try:
             batch = decode_golden(record.value)
         except ValidationError:

@@ -57,6 +57,7 @@ class TrainOptions:
     simulated_windows: int = DEFAULT_HISTORY_WINDOWS
     report_dir: Path | None = None
     seed: int = 0
+    workload_share: float = 1.0
 
 
 @dataclass
@@ -90,7 +91,15 @@ def _read(
             advance(len(samples))
             builder.add(samples)
     else:
-        for decoded in topic_chunks(cfg, opts.since, opts.until, progress=advance, stats=stats):
+        chunks = topic_chunks(
+            cfg,
+            opts.since,
+            opts.until,
+            progress=advance,
+            stats=stats,
+            workload_share=opts.workload_share,
+        )
+        for decoded in chunks:
             stats["refused"] = stats.get("refused", 0) + builder.add_decoded(decoded)
 
 
@@ -247,6 +256,7 @@ def _manifest_args(
             "routes": ds.routes_seen,
             "windows": ds.windows_seen,
             "rows_sampled": len(ds),
+            "workload_share": opts.workload_share,
         },
         "metrics": {
             "candidate": result.candidate.as_dict() if result.candidate else {},
