@@ -38,6 +38,21 @@ def poisson_drop_surprise(k: npt.ArrayLike, lam: npt.ArrayLike) -> FloatArray:
     return np.asarray(1.0 - stats.poisson.cdf(k_a, lam_a), dtype=np.float64)
 
 
+def tail_score(z: npt.ArrayLike, dof: float) -> FloatArray:
+    """A z-score in learned spreads as a score in [0, 1], with heavy tails.
+
+    Real series wander with heavier tails than a normal: a spread learned
+    from typical windows puts one window in a hundred, not one in a
+    thousand, past 3 spreads. Student's t with ``dof`` degrees of freedom
+    (its scale being the learned spread) keeps the score a calibrated "one
+    in N normal windows" on such series; ``dof`` <= 0 means the normal.
+    """
+    if dof <= 0:
+        return normal_score(z)
+    out = stats.t.cdf(np.asarray(z, dtype=np.float64), dof)
+    return np.asarray(np.nan_to_num(out, nan=0.0), dtype=np.float64)
+
+
 def normal_score(z: npt.ArrayLike) -> FloatArray:
     """Φ(z): a z-score as a probability-like score in [0, 1] (NaN → 0)."""
     out = stats.norm.cdf(np.asarray(z, dtype=np.float64))

@@ -466,10 +466,18 @@ class DetectorConfig(_Section):
         20.0, ge=0, description="Drops are judged only where this many requests are expected."
     )
     traffic_drop_ratio: float = Field(0.5, gt=0, lt=1)
-    traffic_surge_ratio: float = Field(3.0, gt=1)
+    traffic_surge_ratio: float = Field(
+        3.0, gt=1, description="A surge is at least this multiple of the expected rate."
+    )
     cert_min_ttl_seconds: float = Field(4 * 3600.0, gt=0)
     cert_min_ttl_fraction: float = Field(
         0.25, gt=0, lt=1, description="... or this share of the certificate lifetime, if less."
+    )
+    spread_tail_dof: float = Field(
+        5.0,
+        ge=0,
+        description="Student's t degrees of freedom for distances in learned spreads "
+        "(heavy-tailed real series); 0 is the normal.",
     )
     adapt_half_life_windows: float = Field(60.0, gt=1)
     traffic_half_life_windows: float = Field(30.0, gt=1)
@@ -483,10 +491,23 @@ class DetectorConfig(_Section):
     season_period_seconds: float = Field(
         86400.0, ge=0, description="Daily profile of the request rate; 0 turns it off."
     )
-    season_bins: int = Field(24, ge=1, le=288)
+    season_bins: int = Field(
+        48,
+        ge=1,
+        le=288,
+        description="Profile bins in all; with season_weekend, half for weekdays and half for "
+        "weekend days (Saturday, Sunday UTC).",
+    )
     season_half_life_periods: float = Field(3.0, gt=0)
+    season_weekend: bool = True
     fire_after: int = Field(2, ge=1, description="Fire after this many anomalous windows ...")
     fire_window: int = Field(3, ge=1, description="... out of the last this many.")
+    persist_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="... or fewer windows once they span this long (one hourly window is an "
+        "hour of evidence); 0 counts windows only.",
+    )
     resolve_after: int = Field(3, ge=1, description="Resolve after this many normal windows.")
     evidence_points: int = Field(12, ge=1, le=256)
     target_down_windows: int = Field(

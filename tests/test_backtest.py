@@ -172,3 +172,21 @@ def test_a_time_range_of_the_golden_topic(kafka_cfg: MeshwatchConfig, tmp_path: 
                "--to", "2026-01-01T00:20:00Z", "--out", str(out)])  # fmt: skip
     assert rc == 0, prefix
     _check(out, "latency")
+
+
+def test_plain_latency_of_zero_is_no_traffic_and_one_hour_of_it_fires(tmp_path: Path) -> None:
+    """A dependency latency of 0 means no calls were measured: one hourly window of it
+    is an hour without traffic (a silent route), not a fast request."""
+    rng = np.random.default_rng(9)
+    src = tmp_path / "latency.csv"
+    with src.open("w") as fh:
+        fh.write("TimeStamp,Value,Label\n")
+        for i in range(80):
+            v = 0.0 if i == 60 else float(rng.lognormal(np.log(50.0), 0.05))
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 3600 * i))
+            fh.write(f"{stamp},{v},{int(i == 60)}\n")
+    got, _ = read_plain_csv(src, "latency")
+    assert got[60].requests == 0 and got[60].p99_ms is None and got[59].requests > 0
+    res = backtest(got, DetectorConfig(), kinds=("latency", "traffic_drop"))
+    fired = [(f.kind, f.window_end) for f in res.alerts()]
+    assert fired == [("traffic_drop", T0 + 3600 * 60)]

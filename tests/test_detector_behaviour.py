@@ -159,3 +159,58 @@ def test_every_kind_has_a_bounded_score_and_state_stays_in_arrays() -> None:
     arrays = det.state_arrays()
     assert all(isinstance(a, np.ndarray) for a in arrays.values())
     assert all(a.shape[0] == det.windows.shape[0] for a in arrays.values())
+
+
+def _blip_series(rng: np.random.Generator) -> list[dict[str, object]]:
+    series = [normal_window(rng) for _ in range(50)]
+    series[30] = normal_window(rng, median_ms=400.0)
+    return series
+
+
+def _run_spaced(det: RouteDetector, series: list[dict[str, object]], step: float) -> list[bool]:
+    fired = []
+    for i, cols in enumerate(series):
+        c = {k: (x if k == "buckets" else [x]) for k, x in cols.items()}
+        v = det.process(obs([0], [step * (i + 1)], window_seconds=[step], **c))  # type: ignore[arg-type]
+        fired.append(bool(v.kinds["latency"].fired.any()))
+    return fired
+
+
+def test_persistence_is_meant_in_time_one_hourly_window_fires() -> None:
+    """One slow 10 s window is a blip; one slow hour is an hour of evidence."""
+    for step, expect in ((10.0, []), (60.0, []), (3600.0, [30])):
+        det = RouteDetector(DetectorParams(warmup_windows=20))
+        fired = _run_spaced(det, _blip_series(np.random.default_rng(4)), step)
+        assert [i for i, f in enumerate(fired) if f] == expect, step
+    # persist_seconds = 0 counts windows only, whatever their length
+    det = RouteDetector(DetectorParams(warmup_windows=20, persist_seconds=0.0))
+    assert not any(_run_spaced(det, _blip_series(np.random.default_rng(4)), 3600.0))
+
+
+def _weekly(det: RouteDetector, weeks: int) -> list[tuple[int, bool]]:
+    """Hourly windows: a daily curve on weekdays, a quarter of it on weekends."""
+    rng = np.random.default_rng(15)
+    out = []
+    for h in range(weeks * 7 * 24):
+        t = 3600.0 * (h + 1)
+        weekend = (int((t - 1800.0) // 86400) + 3) % 7 >= 5
+        rate = 1000.0 * (1 + 0.5 * math.sin(2 * math.pi * (h % 24) / 24)) * (0.25 if weekend else 1)
+        n = float(rng.poisson(rate))
+        v = det.process(
+            obs([0], [t], window_seconds=[3600.0], requests=[n], failures=[0.0], mtls=[n])
+        )
+        out.append((h, bool(v.kinds["traffic_drop"].anomalous[0])))
+    return out
+
+
+def test_weekends_have_their_own_profile() -> None:
+    params = dict(warmup_windows=24, season_half_life_periods=1.0)
+    split = _weekly(RouteDetector(DetectorParams(**params)), 4)  # type: ignore[arg-type]
+    one = _weekly(
+        RouteDetector(DetectorParams(season_weekend=False, season_bins=24, **params)),  # type: ignore[arg-type]
+        4,
+    )
+    last_two_weeks = 14 * 24
+    assert sum(a for h, a in split if h >= last_two_weeks) == 0
+    # one profile for all days calls the quiet weekend a drop
+    assert sum(a for h, a in one if h >= last_two_weeks) > 5

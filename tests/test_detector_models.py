@@ -188,3 +188,14 @@ def test_state_per_route_is_small() -> None:
     det = RouteDetector(capacity=1024)
     det.rows_for([f"r{i}" for i in range(1024)])
     assert det.state_bytes_per_route() < 2048
+
+
+def test_tail_score_has_heavier_tails_than_the_normal() -> None:
+    from models.significance import normal_score, tail_score
+
+    z = np.array([1.0, 3.09, 5.9])
+    t = tail_score(z, 5.0)
+    assert np.allclose(tail_score(z, 0.0), normal_score(z))
+    # 3.09 spreads: 1 in 1,000 under the normal, about 1 in 70 under t with 5 dof
+    assert normal_score(z)[1] > 0.998 and 0.98 < t[1] < 0.99
+    assert 0.998 < t[2] < 0.9995

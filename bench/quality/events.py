@@ -14,7 +14,12 @@ Definitions (the same for the simulator and the real series):
   detected is a **true positive** and detects it (each event is detected at
   most once; the earliest-starting event wins if several match). An alert
   matching only already-detected events is a **duplicate** (a re-alert of
-  the same incident): counted apart, neither true nor false. Every other
+  the same incident): counted apart, neither true nor false, and split in
+  two — an alert on *another route or kind* of the incident (a fault on a
+  workload shows on each of its routes and on its callers' outbound edges;
+  the alerter groups these into one notification) and a **re-fire**, the
+  same route and kind alerting again after its finding resolved (flapping,
+  which pages twice). Every other
   alert is a **false alert** — except during the tolerance of a *settle*
   event (below).
 - **Must-not-alert events** are scored as false alerts: a ``no_alert``
@@ -67,6 +72,7 @@ class Score:
     tp: int = 0
     fp: int = 0
     duplicates: int = 0
+    refires: int = 0  # duplicates that repeat an earlier alert's route and kind
     ttd: list[float] = field(default_factory=list)
     exposure_hours: float = 0.0
     fp_by_cause: dict[str, int] = field(default_factory=dict)
@@ -100,6 +106,7 @@ class Score:
         self.tp += other.tp
         self.fp += other.fp
         self.duplicates += other.duplicates
+        self.refires += other.refires
         self.ttd += other.ttd
         self.exposure_hours += other.exposure_hours
         self.missed += other.missed
@@ -126,17 +133,23 @@ def score(
     targets = [e for e in events if e.expect == "alert"]
     out.events = len(targets)
     detected: set[str] = set()
+    alerted: dict[str, set[tuple[str, str]]] = {}  # event → (route, kind) that alerted on it
     for a in sorted(alerts, key=lambda a: (a.t, a.key)):
         hits = [e for e in targets if a.key in e.keys and e.first <= a.t <= e.last + grace]
         fresh = [e for e in hits if e.id not in detected]
         if fresh:
             e = min(fresh, key=lambda e: e.first)
             detected.add(e.id)
+            alerted.setdefault(e.id, set()).add((a.key, a.kind))
             out.tp += 1
             out.ttd.append(round((a.t - e.first) / step) + 1)
             continue
         if hits:
             out.duplicates += 1
+            if any((a.key, a.kind) in alerted.get(e.id, ()) for e in hits):
+                out.refires += 1
+            for e in hits:
+                alerted.setdefault(e.id, set()).add((a.key, a.kind))
             continue
         cause = _quiet_cause(events, a, grace, step, settle_windows)
         if cause == "tolerated":

@@ -343,13 +343,15 @@ def _fmt(x: float, spec: str = ".2f") -> str:
 
 def table(rows: list[tuple[str, Score]], unit: str) -> list[str]:
     out = [
-        f"| detector | events | detected | alerts TP / false / dup | precision | recall | F1 "
+        f"| detector | events | detected | alerts TP / false / dup (re-fires) | precision "
+        f"| recall | F1 "
         f"| median TTD (windows) | false alerts per 1,000 {unit}-hours | normal {unit}-hours |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, s in rows:
         out.append(
             f"| {name} | {s.events} | {s.detected} | {s.tp} / {s.fp} / {s.duplicates} "
+            f"({s.refires}) "
             f"| {_fmt(s.precision)} | {_fmt(s.recall)} | {_fmt(s.f1)} "
             f"| {_fmt(s.median_ttd, '.1f')} "
             f"| {_fmt(s.fp_per_1000h)} | {s.exposure_hours:,.0f} |"

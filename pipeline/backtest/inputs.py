@@ -15,7 +15,9 @@
   =============  ==================================================================
   latency        a latency in ms → p50 = p95 = p99 = mean = value (no histogram,
                  so the detector judges log quantiles against their learned
-                 spread); a nominal ``requests`` per window
+                 spread); a nominal ``requests`` per window. A latency of 0
+                 (or below) means nothing was measured: a window with no
+                 requests, judged as *no traffic* like a silent mesh route
   error_rate     a failure ratio in [0, 1] (larger values are clipped to 1) →
                  failures = round(ratio × requests) of a nominal ``requests``
   errors         failures per window (a count, no denominator) → failures =
@@ -54,7 +56,7 @@ PLAIN_KINDS: tuple[str, ...] = (
 )
 #: Detector kinds that judge each plain kind (what the outputs focus on).
 PLAIN_DETECTOR_KINDS: dict[str, tuple[str, ...]] = {
-    "latency": ("latency",),
+    "latency": ("latency", "traffic_drop"),
     "error_rate": ("error_rate",),
     "errors": ("error_rate",),
     "traffic": ("traffic_drop", "traffic_surge"),
@@ -189,6 +191,8 @@ def plain_sample(
         "route": "*",
     }
     v = max(value, 0.0)
+    if kind == "latency" and v <= 0.0:
+        return GoldenSample(**base, requests=0, successes=0)
     if kind == "latency":
         return GoldenSample(
             **base,

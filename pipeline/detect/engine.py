@@ -53,6 +53,7 @@ def params_from_config(cfg: DetectorConfig) -> DetectorParams:
         traffic_surge_ratio=cfg.traffic_surge_ratio,
         cert_min_ttl_seconds=cfg.cert_min_ttl_seconds,
         cert_min_ttl_fraction=cfg.cert_min_ttl_fraction,
+        spread_tail_dof=cfg.spread_tail_dof,
         half_life_windows=cfg.adapt_half_life_windows,
         traffic_half_life_windows=cfg.traffic_half_life_windows,
         rebaseline_windows=cfg.rebaseline_windows,
@@ -60,8 +61,10 @@ def params_from_config(cfg: DetectorConfig) -> DetectorParams:
         season_period_seconds=cfg.season_period_seconds,
         season_bins=cfg.season_bins,
         season_half_life_periods=cfg.season_half_life_periods,
+        season_weekend=cfg.season_weekend,
         fire_after=cfg.fire_after,
         fire_window=cfg.fire_window,
+        persist_seconds=cfg.persist_seconds,
         resolve_after=cfg.resolve_after,
         evidence_points=cfg.evidence_points,
     )
