@@ -164,6 +164,7 @@ def test_renders_every_object(base: list[Obj], overlay: list[Obj]) -> None:
         "Deployment": 3,
         "CronJob": 1,
         "PodDisruptionBudget": 3,
+        "PersistentVolumeClaim": 1,
     }
     assert kinds(overlay) == {
         **kinds(base),
@@ -828,3 +829,31 @@ def test_dashboard_is_well_formed() -> None:
     cluster = yaml.safe_load((OVERLAY / "cluster.yaml").read_text())
     link = cluster["alerter"]["links"]["grafana"]
     assert f"/d/{dash['uid']}/" in link and "var-route_key={route_key}" in link
+
+
+def test_trainer_and_detectors_share_the_registry_volume(base: list[Obj]) -> None:
+    """The CronJob publishes where every detector reads, or promotions never arrive."""
+    (claim,) = _of_kind(base, "PersistentVolumeClaim")
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    seen: dict[str, tuple[str, bool]] = {}
+    for w in _workloads(base):
+        component = w["metadata"]["labels"]["app.kubernetes.io/component"]
+        if component not in ("trainer", "detector"):
+            continue
+        pod = _pod_spec(w)
+        (container,) = pod["containers"]
+        volumes = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        mounts = {
+            m["mountPath"]: (volumes.get(m["name"]), bool(m.get("readOnly")))
+            for m in container["volumeMounts"]
+        }
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        registry_dir = env["MESHWATCH_MODELS__REGISTRY_DIR"]
+        assert mounts[registry_dir][0] == claim["metadata"]["name"], component
+        seen[component] = (registry_dir, mounts[registry_dir][1])
+    assert seen["trainer"][0] == seen["detector"][0]
+    assert seen == {"trainer": (seen["trainer"][0], False), "detector": (seen["trainer"][0], True)}
