@@ -41,6 +41,7 @@ from tests.test_reliability_kill import detector_settings, stage_config
 from tests.test_reliability_support import (
     DurableBroker,
     StageProcess,
+    fresh_group,
     golden_stream,
     poll_until,
     write_stage_config,
@@ -94,7 +95,13 @@ def test_broker_outage_mid_incident_loses_nothing(tmp_path: Path) -> None:
         data["kafka"].update(session_timeout_ms=6000, heartbeat_interval_ms=1000)
         conf = write_stage_config(tmp_path / "stage.yaml", data)
         stages = [
-            StageProcess(name, conf, tmp_path / f"{name}.log", metrics_port=free_port()).start()
+            StageProcess(
+                name,
+                conf,
+                tmp_path / f"{name}.log",
+                metrics_port=free_port(),
+                group=fresh_group(name),
+            ).start()
             for name in ("detect", "alert")
         ]
 

@@ -41,6 +41,7 @@ from pipeline.schema import Finding, GoldenBatch, decode, encode
 from tests.kafka_helpers import produce, read_records
 from tests.test_reliability_support import (
     StageProcess,
+    fresh_group,
     golden_stream,
     kafka_section,
     poll_until,
@@ -116,7 +117,11 @@ def run_with_kills(
         conf = write_stage_config(tmp_path / "stage.yaml", stage_config(cfg, rx.url))
         stages = {
             name: StageProcess(
-                name, conf, tmp_path / f"{name}.log", metrics_port=free_port()
+                name,
+                conf,
+                tmp_path / f"{name}.log",
+                metrics_port=free_port(),
+                group=fresh_group(name),
             ).start()
             for name in ("detect", "alert")
         }

@@ -39,7 +39,7 @@ from pipeline.schema import DeadLetter, Finding, decode, encode
 from pipeline.stage.loop import StageRunner
 from tests.kafka_helpers import produce, read_records
 from tests.test_alerter_support import NID, RunningAlerter, configure, webhook
-from tests.test_reliability_support import golden_stream, poll_until, valid_finding
+from tests.test_reliability_support import fresh_group, golden_stream, poll_until, valid_finding
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +136,9 @@ def rng() -> random.Random:
 
 class DetectorThread:
     def __init__(self, cfg: MeshwatchConfig) -> None:
-        self.runner = StageRunner(cfg, DetectorProcessor(cfg), cfg.topics.golden, "detector")
+        group = fresh_group("detector")  # nothing left in the group by other tests joins it
+        processor = DetectorProcessor(cfg, group_id=group)
+        self.runner = StageRunner(cfg, processor, cfg.topics.golden, group)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -212,7 +214,7 @@ def test_alerter_dead_letters_every_poison_and_keeps_notifying(
             flap_damping_seconds=0,
             rate_limits={"hook": {"per_second": 500, "burst": 100}},
         )
-        alerter = RunningAlerter(cfg)
+        alerter = RunningAlerter(cfg, group=fresh_group("alerter"))
         try:
             base = valid_finding()
             findings = [

@@ -28,6 +28,7 @@ from pipeline.schema import Finding, encode, finding_id
 from tests.kafka_helpers import produce
 from tests.test_reliability_support import (
     StageProcess,
+    fresh_group,
     kafka_section,
     poll_until,
     valid_finding,
@@ -98,7 +99,9 @@ def test_sink_down_longer_than_retries_then_everything_delivered_once(
             },
         },
     )
-    alerter = StageProcess("alert", conf, tmp_path / "alert.log", metrics_port=free_port())
+    alerter = StageProcess(
+        "alert", conf, tmp_path / "alert.log", metrics_port=free_port(), group=fresh_group("alert")
+    )
     alerter.start()
     firing, resolved = findings("firing"), findings("resolved")
     try:

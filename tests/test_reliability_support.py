@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -222,8 +223,17 @@ def kafka_section(bootstrap: list[str], **extra: Any) -> dict[str, Any]:
 class StageProcess:
     """``meshwatch <stage> -c CONFIG`` as a child, killed and restarted on demand."""
 
-    def __init__(self, stage: str, config: Path, log: Path, *, metrics_port: int | None = None):
+    def __init__(
+        self,
+        stage: str,
+        config: Path,
+        log: Path,
+        *,
+        metrics_port: int | None = None,
+        group: str | None = None,
+    ):
         self.stage = stage
+        self.group = group
         self.config = config
         self.log = log
         self.metrics_port = metrics_port
@@ -234,6 +244,8 @@ class StageProcess:
         cmd = [sys.executable, "-m", "pipeline.cli", self.stage, "-c", str(self.config)]
         if self.metrics_port is not None:
             cmd += ["--metrics-address", f"127.0.0.1:{self.metrics_port}"]
+        if self.group is not None:  # a group of its own: nothing left from other tests joins
+            cmd += ["--group", self.group]
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         return self
@@ -282,6 +294,10 @@ class StageProcess:
             return self.log.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+def fresh_group(stage: str) -> str:
+    return f"{stage}-{uuid.uuid4().hex[:8]}"
 
 
 def poll_until(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
