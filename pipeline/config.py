@@ -1017,6 +1017,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:  # found by fuzzing: it escaped as a traceback
+        raise ConfigError(str(path), [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -1028,6 +1030,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), ["top level must be a mapping of sections"])
+    odd = [repr(k) for k in data if not isinstance(k, str)]
+    if odd:  # found by fuzzing: MeshwatchConfig(**data) raised TypeError
+        raise ConfigError(str(path), [f"section names must be text, not {', '.join(odd)}"])
     return data
 
 

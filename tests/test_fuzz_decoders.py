@@ -319,6 +319,18 @@ def test_config_files_load_or_fail_with_config_error(
 
 
 @FUZZ
+@given(raw=st.binary(max_size=200))
+def test_config_files_of_any_bytes_fail_with_config_error(
+    tmp_path_factory: pytest.TempPathFactory, raw: bytes
+) -> None:
+    """Regression (atheris): a file that is not UTF-8 escaped as UnicodeDecodeError."""
+    path = tmp_path_factory.mktemp("cfg") / "bytes.yaml"
+    path.write_bytes(raw)
+    problems = config_problems(lambda: load_config(path))
+    assert problems is None or problems
+
+
+@FUZZ
 @given(
     section=st.sampled_from(["kafka", "detector", "alerter", "topics", "window", "observe"]),
     key=st.text(max_size=20),
