@@ -778,11 +778,11 @@ class RouteDetector:
             # In a route's first week its weekend days are judged against the
             # weekday profile and look like drops, which are never learned. So
             # for two weeks (two weekends) the weekend profile learns from every
-            # window, half-way each time: its warm-up.
+            # window, half-way over each visit of a bin: its warm-up.
             young = (o.window_end - self.first_seen[rows]) < 14 * 86400.0
             young &= (sbin >= per) & np.isfinite(resid)
             ok |= young
-            beta = np.where(young, np.maximum(beta, 0.5), beta)
+            beta = np.where(young, np.maximum(beta, 1.0 - 0.5 ** (1.0 / per_bin)), beta)
         cur = self.season[rows, sbin]
         step = np.clip(np.nan_to_num(resid) - cur, -1.0, 1.0)
         self.season[rows, sbin] = np.where(ok, cur + beta * step, cur)
