@@ -140,6 +140,7 @@ def main() -> int:
                 "-max_len=65536",
                 "-timeout=10",
                 "-print_final_stats=1",
+                f"-artifact_prefix={tempfile.gettempdir()}/meshwatch-fuzz-{name}-",
             ],
             cwd=REPO,
             capture_output=True,
@@ -154,7 +155,11 @@ def main() -> int:
         )
         if proc.returncode != 0:
             ok = False
-            print(proc.stderr[-3000:])
+            print(
+                "\n".join(ln for ln in proc.stderr.splitlines() if "Instrumenting" not in ln)[
+                    -4000:
+                ]
+            )
     return 0 if ok else 1
 
 
