@@ -77,6 +77,10 @@ CLOUD_DETECTOR: dict[str, Any] = {}
 #: Rolling z-score grid: trailing window in hours (a day, two, a week) and |z| bound.
 ZSCORE_WINDOW_HOURS = (24, 48, 168)
 ZSCORE_THRESHOLDS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+DUP_NOTE = (
+    "dup: alerts on another route or kind of an incident already detected; (re-fires): the "
+    "same route and kind alerting again after resolving (`events.py`)."
+)
 #: The false-alert budget of the target; the reference is reported at its best F1 within it.
 FALSE_ALERT_BUDGET = 5.0
 
@@ -369,6 +373,7 @@ def report(sim: dict[str, Any] | None, cloud: dict[str, Any] | None) -> str:
         lines += table(
             [("meshwatch", t["meshwatch"]), ("static rules", t["static rules"])], "route"
         )
+        lines += ["", DUP_NOTE]
         lines += ["", "Per kind (detected / events):", "",
                   "| kind | meshwatch | static rules |", "| --- | ---: | ---: |"]  # fmt: skip
         kinds = sorted(t["meshwatch"].detected_by_kind)
