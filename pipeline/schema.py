@@ -283,6 +283,14 @@ class Incident(_Message):
     notified_revision: dict[str, NonNegInt] = Field(
         default_factory=dict, description="Per sink: the revision it was last told about."
     )
+    # Added for short incidents; optional so older records still load (as None).
+    opened_by: Finding | None = Field(
+        default=None,
+        description=(
+            "The finding that opened this occurrence: a sink never told it fired is told from"
+            " it after the resolve. None in older records and once a silence covered the end."
+        ),
+    )
 
 
 class DeadLetter(_Message):

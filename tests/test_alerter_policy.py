@@ -237,11 +237,20 @@ def test_later_changes_wait_for_group_interval() -> None:
     ]
 
 
-def test_a_group_that_resolves_before_group_wait_says_nothing() -> None:
-    h = Harness(group_wait_seconds=5)
-    h.feed(finding(), 100)
-    h.feed(finding(status="resolved", window_end=T0 + 20), 101)
-    assert h.turn(106) == []
+def test_a_group_that_resolves_before_group_wait_says_both_in_order() -> None:
+    """Unlike Alertmanager, a short incident is told: fired (as it opened), then resolved."""
+    h = Harness(group_wait_seconds=5, group_interval_seconds=10)
+    h.feed(finding(observed=900.0), 100)
+    h.feed(finding(status="resolved", window_end=T0 + 20, observed=60.0), 101)
+    assert h.turn(104) == []
+    fired = h.turn(105)
+    assert [(d.action, [m.finding.observed for m in d.members]) for d in fired] == [
+        ("firing", [900.0])
+    ]
+    assert h.grouper.next_wake() == 115  # the resolve follows on the next group tick
+    assert h.turn(114) == []
+    assert [d.action for d in h.turn(115)] == ["resolved"]
+    assert h.turn(10_000) == []
 
 
 def test_reminders_repeat_while_firing_and_stop_after_the_resolve() -> None:

@@ -11,7 +11,11 @@ namespace + workload). A group speaks when it has something to say:
 - a group with members still firing and nothing new is reminded of every
   ``repeat_interval``;
 - a resolve is held for the flap damping time, and a silenced member is
-  left out until its silence ends.
+  left out until its silence ends;
+- a member that resolved before the sink was told it fired (a short
+  incident) is told as firing first, from its opening finding, and its
+  resolve follows on a later tick; one a silence hides by then is settled
+  untold (``hushed``, for the alerter to record).
 
 What a member is owed is never stored here: it is worked out from the
 incident itself (:func:`due_action`), which is on the incidents topic. So
@@ -26,7 +30,14 @@ import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipeline.alert.incidents import SEVERITY_RANK, TOLD_FIRING, Action, due_action
+from pipeline.alert.incidents import (
+    SEVERITY_RANK,
+    TOLD_FIRING,
+    Action,
+    due_action,
+    notice_finding,
+    owes_late_firing,
+)
 from pipeline.alert.matchers import Matcher, match_all
 from pipeline.alert.message import Member, group_notification_id, notification_id
 from pipeline.alert.routing import Policy, Router, group_values, incident_labels
@@ -84,6 +95,9 @@ class Grouper:
         self.membership: dict[str, dict[str, str]] = {}
         self._heap: list[tuple[float, str]] = []
         self._dirty: set[str] = set()
+        #: Resolved incidents a silence hid from a sink never told they fired;
+        #: the alerter settles them (``IncidentBook.settle_untold``) and clears this.
+        self.hushed: set[str] = set()
 
     # -- membership ---------------------------------------------------------
 
@@ -196,7 +210,11 @@ class Grouper:
         wake: list[float] = []
         for fp in group.members:
             inc = incidents.get(fp)
-            if inc is None or (muted and muted_by(muted, incident_labels(inc))):
+            if inc is None:
+                continue
+            if muted and muted_by(muted, incident_labels(inc)):
+                if owes_late_firing(inc) and inc.notified.get(sink) is None:
+                    self.hushed.add(fp)
                 continue
             action, at = due_action(inc, sink, now, self.flap_damping)
             if action is not None:
@@ -216,8 +234,12 @@ class Grouper:
             if now >= due:
                 for action in ACTION_ORDER:
                     told = sorted(pending.get(action, []), key=_reading_order)
-                    members = [Member(i, i.last_finding, action) for i in told]
+                    members = [Member(i, notice_finding(i, action), action) for i in told]
                     decisions += self._decide(group, action, members, "")
+                for inc in pending.get("firing", []):
+                    if inc.status == "resolved":  # its resolve is owed on a later tick
+                        damped = (inc.resolved_at or now) + self.flap_damping
+                        wake.append(max(now + policy.group_interval, damped))
             else:
                 wake.append(due)
         elif still_firing:

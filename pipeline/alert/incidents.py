@@ -12,6 +12,17 @@ hears of it. If the route fires again within that time the incident simply
 goes on (same start, same threads and tickets, ``flaps`` + 1) and nobody is
 told anything; the detector's own hysteresis handles single noisy windows,
 this handles a route that keeps crossing the line.
+
+Short incidents: when an incident has resolved before a sink was told it
+fired (it fired and resolved in one poll batch because the alerter was down
+or behind, or within a group's wait), that sink is still owed both notices:
+the firing one first, told from the finding that opened the incident
+(``opened_by``: its observed value, band and explanation, not the calm
+values of the resolve), then the resolve, after flap damping as usual. The
+detector's persistence already filters blips, so every incident that fired
+reaches the on-call. The one exception is a silence: a resolved incident a
+silence hides when the alerter looks at it is settled for every sink that
+never heard of it (:meth:`IncidentBook.settle_untold`), as it was before.
 """
 
 from __future__ import annotations
@@ -84,6 +95,7 @@ class IncidentBook:
                         "count": cur.count + 1,
                         "last_finding": f,
                         "finding_ids": ids,
+                        "opened_by": cur.opened_by or f,
                     }
                 )
                 action = None
@@ -100,6 +112,7 @@ class IncidentBook:
                     count=1,
                     last_finding=f,
                     finding_ids=ids,
+                    opened_by=f,
                     # a new occurrence starts a new thread/ticket everywhere
                     notified={},
                     sink_refs={},
@@ -141,6 +154,19 @@ class IncidentBook:
         if any(v == "resolved" for v in cur.notified.values()):
             return False
         return now - cur.resolved_at < self.flap_damping
+
+    def settle_untold(self, fingerprint: str) -> bool:
+        """A silence covered this resolved incident: sinks never told of it stay untold.
+
+        Drops ``opened_by``, which is what makes a firing notice owed after
+        the resolve; sinks told it fired still get their resolve. True when
+        something changed (the record is to be written).
+        """
+        inc = self.incidents.get(fingerprint)
+        if inc is None or inc.status != "resolved" or inc.opened_by is None:
+            return False
+        self.incidents[fingerprint] = inc.model_copy(update={"opened_by": None})
+        return True
 
     def record(
         self,
@@ -219,8 +245,10 @@ def due_action(
         if told in TOLD_FIRING and inc.revision > inc.notified_revision.get(sink, 0):
             return "update", None
         return None, None  # told, or refused for good (dead-lettered)
+    if told is None and inc.opened_by is not None:
+        return "firing", None  # a short incident: its firing first, then its resolve
     if told not in TOLD_FIRING:
-        return None, None  # never told it fired: a lone resolve would only confuse
+        return None, None  # a lone resolve would only confuse
     due = (inc.resolved_at or 0.0) + flap_damping
     if now >= due:
         return "resolved", None
@@ -232,14 +260,36 @@ def needs(incident: Incident, sink: str) -> Action | None:
 
     A delivery that failed for good is recorded as ``failed:<action>`` and is
     not tried again on the next finding (it went to the DLQ instead); a
-    resolve is only sent to a sink that was told about the firing.
+    resolve is only sent to a sink that was told about the firing, and a
+    sink never told of a resolved incident is owed its firing first.
     """
-    return next_action(incident.status, incident.notified.get(sink))
+    opened = incident.opened_by is not None
+    return next_action(incident.status, incident.notified.get(sink), opened=opened)
 
 
-def next_action(status: str, told: str | None) -> Action | None:
+def next_action(status: str, told: str | None, *, opened: bool = False) -> Action | None:
+    """``opened``: the incident still knows its opening finding (see :func:`due_action`)."""
     if status == "firing":
         return None if told in ("firing", "update", FAILED + "firing") else "firing"
+    if told is None and opened:
+        return "firing"  # a short incident: its firing first, then its resolve
     if told in (None, FAILED + "firing", "resolved", FAILED + "resolved"):
-        return None  # never told it fired: a lone resolve would only confuse
+        return None  # a lone resolve would only confuse
     return "resolved"
+
+
+def notice_finding(inc: Incident, action: Action) -> Finding:
+    """The finding a notice is told from: the opening one for a late firing notice.
+
+    A firing notice for an incident that has already resolved describes the
+    anomaly (observed value, band, explanation), so it comes from the finding
+    that opened the incident; every other notice from the latest finding.
+    """
+    if action == "firing" and inc.status == "resolved" and inc.opened_by is not None:
+        return inc.opened_by
+    return inc.last_finding
+
+
+def owes_late_firing(inc: Incident) -> bool:
+    """Resolved, and a sink not yet told of it may still be owed its firing notice."""
+    return inc.status == "resolved" and inc.opened_by is not None

@@ -47,7 +47,7 @@ from rich.console import Console
 
 from pipeline.alert.delivery import DeliveryOutcome, deliver, make_client
 from pipeline.alert.grouping import Decision, Grouper, Muted, muted_by, single_id
-from pipeline.alert.incidents import FAILED, TOLD_FIRING, IncidentBook
+from pipeline.alert.incidents import FAILED, TOLD_FIRING, IncidentBook, owes_late_firing
 from pipeline.alert.message import Member, Notification, render_links
 from pipeline.alert.metrics import OpenIncidentsCollector
 from pipeline.alert.outbox import OUTBOX_PREFIX, OutboxEntry, OutboxMember, SinkQueue
@@ -225,7 +225,7 @@ class AlerterProcessor:
             self._partition_of[inc.fingerprint] = item.partition
             self._dirty.add(inc.fingerprint)
             if change.superseded is not None:
-                self._resolve_superseded(change.superseded)
+                self._resolve_superseded(change.superseded, now)
             self.grouper.place(inc, now)
         self._turn(now)
         return ()
@@ -279,7 +279,11 @@ class AlerterProcessor:
         for inc, partition in incidents.values():
             self.book.restore([inc])
             self._partition_of[inc.fingerprint] = partition
-            if inc.status == "firing" or any(v in TOLD_FIRING for v in inc.notified.values()):
+            if (
+                inc.status == "firing"
+                or any(v in TOLD_FIRING for v in inc.notified.values())
+                or owes_late_firing(inc)
+            ):
                 self.grouper.place(inc, now)
         self._restore_outbox(entries.values())
         self.stats.restored_incidents += len(incidents)
@@ -339,6 +343,10 @@ class AlerterProcessor:
         self._superseded = []
         for group in self.grouper.due_groups(now):
             decisions += self.grouper.evaluate(group, self.book.incidents, muted, now)
+        for fp in self.grouper.hushed:
+            if self.book.settle_untold(fp):
+                self._dirty.add(fp)
+        self.grouper.hushed.clear()
         if decisions:
             self._enqueue(decisions, now)
             self._barrier()  # every decision is in the outbox before any attempt
@@ -403,11 +411,25 @@ class AlerterProcessor:
 
     # -- deciding -----------------------------------------------------------
 
-    def _resolve_superseded(self, old: Incident) -> None:
-        """A route fired again after its resolve was due: settle the old occurrence first."""
+    def _resolve_superseded(self, old: Incident, now: float) -> None:
+        """A route fired again after its resolve was due: settle the old occurrence first.
+
+        Sinks told it fired get its resolve; routed sinks never told of it
+        (it fired and resolved within one batch) get its firing notice, from
+        the opening finding, then its resolve, unless a silence covers it.
+        """
         member = Member(old, old.last_finding, "resolved")
-        for sink, told in old.notified.items():
-            if told in TOLD_FIRING and sink in self._sink_by_name:
+        sinks = [s for s, told in old.notified.items() if told in TOLD_FIRING]
+        if owes_late_firing(old) and not self.silences.muting(incident_labels(old), now):
+            assert old.opened_by is not None
+            opening = Member(old, old.opened_by, "firing")
+            for sink in self.router.route(incident_labels(old)):
+                if old.notified.get(sink) is None and sink in self._sink_by_name:
+                    nid = single_id(opening, "firing")
+                    self._superseded.append(Decision(sink, "firing", (opening,), False, nid, {}))
+                    sinks.append(sink)
+        for sink in sinks:
+            if sink in self._sink_by_name:
                 self._superseded.append(
                     Decision(sink, "resolved", (member,), False, single_id(member, "resolved"), {})
                 )
