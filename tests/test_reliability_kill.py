@@ -136,13 +136,7 @@ def run_with_kills(
 
         pace = threading.Event()  # never set: a pause between windows, not a wait for an event
         try:
-            firing = {(f.fingerprint, "firing") for f in reference.values()}
             for w in range(WINDOWS):
-                if w == FAULT_UNTIL + 1:
-                    # A fire and its resolve read in one poll batch are never
-                    # notified (the alerter decides at the end of a batch; see
-                    # docs/reliability.md): let the firing notices out first.
-                    poll_until(lambda: firing <= told(), 90, "the firing notices")
                 window = stream[w * WORKLOADS : (w + 1) * WORKLOADS]
                 produce(
                     cfg,
