@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--charts", type=int, default=4, help="PNG charts to draw (default 4)")
     bt.set_defaults(func=cmd_backtest)
 
-    from pipeline.train.cli import add_commands  # train, models list|show|promote|rollback
+    from pipeline.train.commands import add_commands  # train, models list|show|promote|rollback
 
     add_commands(sub)
     return p
