@@ -25,7 +25,7 @@ from models.learned import LEARNED_KINDS
 from pipeline.config import DetectorConfig
 from pipeline.detect import columnar
 from pipeline.detect.columnar import GoldenColumns
-from pipeline.detect.engine import params_from_config
+from pipeline.detect.engine import observations_of, params_from_config
 from pipeline.keys import route_key as make_route_key
 from pipeline.keys import workload_key as make_workload_key
 from pipeline.schema import GoldenSample
@@ -144,23 +144,7 @@ class DatasetBuilder:
                 make_workload_key(ns, kind, workload), direction, route
             )
         rows = self._det.rows_for([keys[p] for p in cols.keys])
-        c = cols.col
-        return Observations(
-            rows=rows,
-            window_end=c("window_end"),
-            requests=c("requests"),
-            failures=c("failures"),
-            p50_ms=c("p50_ms"),
-            p95_ms=c("p95_ms"),
-            p99_ms=c("p99_ms"),
-            tls_failures=c("tls_failures"),
-            plaintext=c("plaintext_requests"),
-            mtls=c("mtls_requests"),
-            cert_ttl=c("cert_ttl_seconds"),
-            window_seconds=c("window_seconds"),
-            buckets=cols.buckets,
-            bounds=cols.bounds,
-        )
+        return observations_of(cols, rows)
 
     def _add_window(self, obs: Observations) -> None:
         det = self._det
