@@ -2,10 +2,13 @@
 
 Adding a target means a config class in ``pipeline.config`` (joined to the
 ``Sink`` union), a module here with a class that has ``name`` and
-``async send()``, and one branch in :func:`build_sink`.
+``async send()``, and one entry in ``_FROM_CONFIG``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 
@@ -76,6 +79,25 @@ __all__ = [
 ]
 
 
+#: Config class → how its sink is built (each sink reads its own secrets).
+_FROM_CONFIG: dict[type[SinkConfig], Callable[[Any], Sink]] = {
+    WebhookSink: AlertmanagerWebhookSink.from_config,
+    SlackSink: SlackWebhookSink.from_config,
+    SlackBotSink: SlackBotApiSink.from_config,
+    TeamsSink: TeamsWorkflowSink.from_config,
+    MattermostSink: MattermostWebhookSink.from_config,
+    DiscordSink: DiscordWebhookSink.from_config,
+    GoogleChatSink: GoogleChatWebhookSink.from_config,
+    PagerDutySink: PagerDutyEventsSink.from_config,
+    JiraCloudSink: JiraIssueSink.from_config,
+    JiraDataCenterSink: JiraIssueSink.from_config,
+    GitHubSink: GitHubIssueSink.from_config,
+    ServiceNowSink: ServiceNowIncidentSink.from_config,
+    OpsgenieSink: OpsgenieAlertSink.from_config,
+    AlertmanagerSink: AlertmanagerApiSink.from_config,
+}
+
+
 def build_sink(entry: SinkConfig, *, console: Console | None = None) -> Sink:
     """The sink for one ``alerter.sinks`` entry.
 
@@ -86,30 +108,7 @@ def build_sink(entry: SinkConfig, *, console: Console | None = None) -> Sink:
     """
     if isinstance(entry, ConsoleSink):
         return RichConsoleSink(entry.name, console)
-    if isinstance(entry, WebhookSink):
-        return AlertmanagerWebhookSink.from_config(entry)
-    if isinstance(entry, SlackSink):
-        return SlackWebhookSink.from_config(entry)
-    if isinstance(entry, SlackBotSink):
-        return SlackBotApiSink.from_config(entry)
-    if isinstance(entry, TeamsSink):
-        return TeamsWorkflowSink.from_config(entry)
-    if isinstance(entry, MattermostSink):
-        return MattermostWebhookSink.from_config(entry)
-    if isinstance(entry, DiscordSink):
-        return DiscordWebhookSink.from_config(entry)
-    if isinstance(entry, GoogleChatSink):
-        return GoogleChatWebhookSink.from_config(entry)
-    if isinstance(entry, PagerDutySink):
-        return PagerDutyEventsSink.from_config(entry)
-    if isinstance(entry, JiraCloudSink | JiraDataCenterSink):
-        return JiraIssueSink.from_config(entry)
-    if isinstance(entry, GitHubSink):
-        return GitHubIssueSink.from_config(entry)
-    if isinstance(entry, ServiceNowSink):
-        return ServiceNowIncidentSink.from_config(entry)
-    if isinstance(entry, OpsgenieSink):
-        return OpsgenieAlertSink.from_config(entry)
-    if isinstance(entry, AlertmanagerSink):
-        return AlertmanagerApiSink.from_config(entry)
-    raise TypeError(f"no sink implementation for {type(entry).__name__}")
+    make = _FROM_CONFIG.get(type(entry))
+    if make is None:
+        raise TypeError(f"no sink implementation for {type(entry).__name__}")
+    return make(entry)
