@@ -12,8 +12,6 @@ this one process, on the same messages, alternating:
                   (``decode(GoldenBatch, raw)``), the stage's decoder before;
   (b)  detector   the real ``StageRunner`` + ``DetectorProcessor`` in a fresh
                   group: decode, detect, produce findings, flush, commit;
-  (b+) pipelined  the same with ``PipelinedStageRunner``: a batch's outputs
-                  are acknowledged while the next batch is handled;
   (c)  engine     ``DetectionEngine.process_columns`` alone on pre-decoded
                   columns of poll-sized batches (no Kafka, no decoding);
   (d)  decode     the stage's decoding alone (no Kafka), next to pydantic and
@@ -62,7 +60,6 @@ from pipeline.kafka.clients import make_consumer
 from pipeline.kafka.topics import ensure_topics
 from pipeline.schema import GoldenBatch, decode
 from pipeline.stage.loop import StageRunner
-from pipeline.stage.pipelined import PipelinedStageRunner
 
 
 @dataclass
@@ -167,8 +164,7 @@ class GcClock:
 
 
 class _Timed:
-    """The real loop, clocked from its first batch to the batch that ends the data
-    (for the pipelined loop: until that batch's outputs are acknowledged)."""
+    """The real loop, clocked from its first batch to the batch that ends the data."""
 
     expected = 0
     first: float | None = None
@@ -187,9 +183,6 @@ class _Timed:
         self.batch_sizes.append(len(records))
         super()._handle(records)  # type: ignore[misc]
         if self.stats.consumed >= self.expected:
-            drain = getattr(self, "_drain", None)
-            if drain is not None:
-                drain()
             self.last = time.perf_counter()
             self.cpu = time.process_time() - self.cpu0
             self.gc_clock.on = False
@@ -200,16 +193,11 @@ class _TimedRunner(_Timed, StageRunner):
     pass
 
 
-class _TimedPipelined(_Timed, PipelinedStageRunner):
-    pass
-
-
-def detector_stage(
-    cfg: MeshwatchConfig, expected: int, timeout: float, *, pipelined: bool = False
-) -> Run:
+def detector_stage(cfg: MeshwatchConfig, expected: int, timeout: float) -> Run:
     processor = DetectorProcessor(cfg)
-    cls = _TimedPipelined if pipelined else _TimedRunner
-    runner = cls(cfg, processor, cfg.topics.golden, f"bench-detector-{uuid.uuid4().hex[:6]}")
+    runner = _TimedRunner(
+        cfg, processor, cfg.topics.golden, f"bench-detector-{uuid.uuid4().hex[:6]}"
+    )
     runner.expected = expected
     runner.batch_sizes = []
     timer = threading.Timer(timeout, runner.stop)
@@ -355,7 +343,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         refs: list[Run] = []
         pyds: list[Run] = []
         dets: list[Run] = []
-        pips: list[Run] = []
         engs: list[Run] = []
         bases: list[Run] = []
         decs: list[tuple[Run, Run, Run]] = []
@@ -373,7 +360,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prof.dump_stats(args.profile)
             else:
                 dets.append(detector_stage(cfg, n_msgs, args.timeout))
-            pips.append(detector_stage(cfg, n_msgs, args.timeout, pipelined=True))
             pyds.append(reference_consume(cfg, n_msgs, args.timeout, fast=False))
             chunk = max(1, round(dets[0].extra["mean_batch"]))
             engs.append(engine_only(cfg, raws, chunk))
@@ -385,7 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref = max(refs, key=lambda r: r.rate)
     pyd_ref = max(pyds, key=lambda r: r.rate)
     det = max(dets, key=lambda r: r.rate)
-    pip = max(pips, key=lambda r: r.rate)
     eng = max(engs, key=lambda r: r.rate)
     base = max(bases, key=lambda r: r.rate)
     dec = max((d[0] for d in decs), key=lambda r: r.rate)
@@ -410,11 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         det,
         f"{det.polls} batches of ~{det.extra['mean_batch']:.0f} msgs, "
         f"{det.extra['findings']} findings, {det.extra['dead_lettered']} DLQ",
-    )
-    line(
-        "(b+) same, pipelined loop",
-        pip,
-        f"{pip.polls} batches, {pip.extra['findings']} findings, {pip.extra['dead_lettered']} DLQ",
     )
     line(f"(c)  engine alone ({chunk} msgs/call)", eng, f"{eng.extra['findings']} findings")
     line(
@@ -482,13 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  (b)/(a') vs consume+decode with pydantic          {det.rate / pyd_ref.rate:5.2f}")
     print(
         f"  per CPU second (less load-sensitive): (b) {fmt_rate(det.cpu_rate)}/s, "
-        f"(b)/(a) {det.cpu_rate / ref.cpu_rate:.2f}, (b+) {fmt_rate(pip.cpu_rate)}/s, "
-        f"(b+)/(a) {pip.cpu_rate / ref.cpu_rate:.2f}"
-    )
-    print(
-        f"  (b+) pipelined loop            {fmt_rate(pip.rate):>10} route-samples/s  "
-        f"{'PASS' if pip.rate >= 100_000 else 'FAIL'};  (b+)/(a) {pip.rate / ref.rate:5.2f}  "
-        f"{'PASS' if pip.rate / ref.rate >= 0.7 else 'FAIL'}"
+        f"(b)/(a) {det.cpu_rate / ref.cpu_rate:.2f}"
     )
     return 0
 
