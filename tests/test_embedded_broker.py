@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
-import select
 import sys
 
 import pytest
