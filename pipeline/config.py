@@ -368,12 +368,23 @@ class PrometheusSourceConfig(_Section):
         30.0, gt=0, description="A sample older than this at a window edge is no data."
     )
     concurrency: int = Field(4, ge=1, le=64, description="Queries in flight at once.")
+    recorded: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Read meshwatch's recording rules (deploy/prometheus/) instead of raw "
+        "series: auto when they are loaded for this configuration, else raw queries.",
+    )
     method: Literal["GET", "POST"] = "GET"
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     bearer_token: SecretStr | None = None
     bearer_token_file: Path | None = None
     tls_verify: bool = True
     ca_file: Path | None = None
+
+    @field_validator("recorded", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: object) -> object:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("selector")
     @classmethod
@@ -918,6 +929,23 @@ class AlerterConfig(_Section):
         return self
 
 
+class PrometheusHistoryConfig(_Section):
+    """``meshwatch train --source prometheus``: range queries to the ``prometheus`` server.
+
+    See ``pipeline/train/prometheus_history.py``: each query covers
+    ``chunk_seconds`` of windows for a shard of whole namespaces of at most
+    ``pods_per_query`` pods, so memory stays bounded whatever the range.
+    """
+
+    chunk_seconds: float = Field(3600.0, gt=0, description="Time one range query covers.")
+    pods_per_query: int = Field(
+        500, ge=1, description="Namespaces are read in shards of at most this many pods."
+    )
+    timeout_seconds: float = Field(60.0, gt=0, description="Per HTTP request.")
+    max_attempts: int = Field(4, ge=1, description="Per query, then training stops (exit 4).")
+    backoff_seconds: float = Field(1.0, gt=0, description="First retry delay, then doubled.")
+
+
 class ModelsConfig(_Section):
     """Trained models: the registry, how their scores join the baselines', retraining.
 
@@ -941,9 +969,39 @@ class ModelsConfig(_Section):
         1e-4, gt=0, lt=0.5, description="Share of normal windows a model may flag."
     )
     train_hours: float = Field(168.0, gt=0, description="History a training run reads.")
+    train_segments: int = Field(
+        24,
+        ge=0,
+        description="Golden-topic history is read in this many time segments spread over "
+        "the range (warm-up + sampled minutes each); 0 reads the whole range.",
+    )
+    train_segment_minutes: float = Field(
+        20.0, gt=0, description="Sampled minutes of each segment, after its warm-up."
+    )
+    train_warmup_minutes: float = Field(
+        15.0, ge=0, description="Minutes judged before each segment to warm its baselines."
+    )
+    train_workers: int = Field(
+        0, ge=0, description="Processes reading the golden topic's partitions; 0 = one per CPU."
+    )
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     min_training_windows: int = Field(1000, ge=1)
     reports_dir: str = "meshwatch-reports"
+    history_source: Literal["golden", "prometheus"] = Field(
+        "golden",
+        description="Where train reads history without an input file: the golden topic "
+        "or Prometheus range queries (--source overrides).",
+    )
+    prometheus_history: PrometheusHistoryConfig = Field(default_factory=PrometheusHistoryConfig)
+    route_min_windows: int = Field(
+        200,
+        ge=10,
+        description="Training windows a route needs (per kind) for its own score offset; "
+        "others use their route class's.",
+    )
+    route_quantile: float = Field(
+        0.9, gt=0.5, lt=1, description="Upper quantile a route's offset is fitted at."
+    )
 
 
 class ObserveConfig(_Section):

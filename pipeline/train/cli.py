@@ -51,6 +51,8 @@ def _cfg(args: argparse.Namespace) -> MeshwatchConfig:
         overrides["kafka"] = {"bootstrap_servers": args.bootstrap}
     if getattr(args, "registry", None):
         overrides["models"] = {"registry_dir": str(args.registry)}
+    if getattr(args, "prometheus_url", None):
+        overrides["prometheus"] = {"url": args.prometheus_url}
     return load_config(args.config, overrides or None)
 
 
@@ -59,9 +61,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not 0 < args.workload_share <= 1:
         print("--workload-share must be in (0, 1]", file=sys.stderr)
         return EXIT_CONFIG
+    for name in ("segments", "segment_minutes", "warmup_minutes", "workers"):
+        value = getattr(args, name, None)
+        if value is not None and (value < 0 or (name == "segment_minutes" and value == 0)):
+            flag = "--" + name.replace("_", "-")
+            print(f"{flag} must be {'> 0' if name == 'segment_minutes' else '>= 0'}",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
     until = _when(args.until, time.time())
     since = _when(args.since, until - cfg.models.train_hours * 3600.0)
     source = "simulated" if args.default else ("file" if args.input else "golden")
+    if source == "golden":  # no input file: --source, else models.history_source
+        source = getattr(args, "source", None) or cfg.models.history_source
     opts = TrainOptions(
         since=since,
         until=until,
@@ -73,6 +84,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         report_dir=args.report,
         scenario_windows=args.scenario_windows,
         workload_share=args.workload_share,
+        segments=getattr(args, "segments", None),
+        segment_minutes=getattr(args, "segment_minutes", None),
+        warmup_minutes=getattr(args, "warmup_minutes", None),
+        workers=getattr(args, "workers", None),
     )
     console = Console(stderr=True)
     metrics = _serve_metrics(args.metrics_address)
@@ -88,6 +103,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         out.print(summary_table(result))
     for reason in result.reasons:
         out.print(f"  - {reason}")
+    if result.history.get("range_hours") is not None:
+        from pipeline.train.history import plan_text
+
+        out.print(f"history: {plan_text(result.history)}; "
+                  f"{result.history.get('workers', 1)} worker(s)")  # fmt: skip
     if result.report:
         out.print(f"report: {result.report}")
     verdict = {

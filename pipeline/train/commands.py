@@ -45,15 +45,58 @@ def add_commands(sub: Any) -> None:
     common(tr)
     tr.add_argument("input", nargs="?", type=Path, default=None, help="JSONL history file")
     tr.add_argument(
-        "--since", default=None, help="range start (ISO or unix; default until-train_hours)"
+        "--since",
+        "--start",
+        dest="since",
+        default=None,
+        help="range start (ISO or unix; default until-train_hours)",
     )
-    tr.add_argument("--until", default=None, help="range end (ISO or unix; default now)")
+    tr.add_argument(
+        "--until", "--end", dest="until", default=None, help="range end (ISO or unix; default now)"
+    )
+    tr.add_argument(
+        "--source",
+        choices=("golden", "prometheus"),
+        default=None,
+        help="history without an input file: the golden topic or Prometheus range queries "
+        "(default: models.history_source)",
+    )
+    tr.add_argument(
+        "--prometheus-url", default=None, help="override prometheus.url (with --source prometheus)"
+    )
     tr.add_argument("--force", action="store_true", help="publish even if not better")
     tr.add_argument(
         "--workload-share",
         type=float,
         default=1.0,
         help="train on this share of the workloads (by key hash, before decoding; default 1)",
+    )
+    tr.add_argument(
+        "--segments",
+        type=int,
+        default=None,
+        help="read the golden topic in this many time segments spread over the range "
+        "(0: all of it; default models.train_segments)",
+    )
+    tr.add_argument(
+        "--segment-minutes",
+        type=float,
+        default=None,
+        help="sampled minutes per segment (default models.train_segment_minutes)",
+    )
+    tr.add_argument(
+        "--warmup-minutes",
+        type=float,
+        default=None,
+        help="minutes judged before each segment to warm the baselines "
+        "(default models.train_warmup_minutes)",
+    )
+    tr.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes reading the golden topic's partitions (default models.train_workers; "
+        "0: one per CPU)",
     )
     tr.add_argument(
         "--default",

@@ -31,8 +31,9 @@ from models.learned import fit
 from models.registry import DEFAULT_DIR, ArtifactError, Loaded, Registry, write_dir
 from pipeline.config import MeshwatchConfig
 from pipeline.train import simulated
-from pipeline.train.dataset import Dataset, DatasetBuilder
+from pipeline.train.dataset import Dataset, DatasetBuilder, merge
 from pipeline.train.evaluate import Evaluation, compare, evaluate
+from pipeline.train.parallel import Reader, WorkerError
 
 EXIT_PUBLISHED = 0
 EXIT_ERROR = 1
@@ -47,7 +48,7 @@ SCENARIO_WINDOWS = 290
 class TrainOptions:
     since: float
     until: float
-    source: str = "golden"  # golden | file | simulated
+    source: str = "golden"  # golden | file | simulated | prometheus
     file: Path | None = None
     force: bool = False
     default: bool = False
@@ -58,6 +59,14 @@ class TrainOptions:
     report_dir: Path | None = None
     seed: int = 0
     workload_share: float = 1.0
+    #: golden-topic history: segments of the range and worker processes; None
+    #: takes ``models.train_segments`` etc. (see :func:`_read_golden`)
+    segments: int | None = None
+    segment_minutes: float | None = None
+    warmup_minutes: float | None = None
+    workers: int | None = None
+    #: what each worker process runs (a module-level function; tests replace it)
+    reader: Reader | None = None
 
 
 @dataclass
@@ -71,6 +80,8 @@ class TrainResult:
     report: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
+    #: what of the range was read, how, and by how many workers (golden topic)
+    history: dict[str, Any] = field(default_factory=dict)
 
 
 def _read(
@@ -80,27 +91,77 @@ def _read(
     advance: Any,
     stats: dict[str, int],
 ) -> None:
-    from pipeline.train.history import file_chunks, topic_chunks
+    from pipeline.train.history import file_chunks
 
     if opts.source == "file":
         assert opts.file is not None
         builder.add_all(file_chunks(opts.file, advance))
+    elif opts.source == "prometheus":
+        from pipeline.train.prometheus_history import prometheus_chunks
+
+        builder.add_all(prometheus_chunks(cfg, opts.since, opts.until, progress=advance,
+                                          stats=stats))  # fmt: skip
     elif opts.source == "simulated":
         for _, out, _sim in simulated.batches(opts.simulated_windows, seed=opts.seed + 101):
             samples = [s for b in out for s in b.samples]
             advance(len(samples))
             builder.add(samples)
     else:
-        chunks = topic_chunks(
-            cfg,
-            opts.since,
-            opts.until,
-            progress=advance,
-            stats=stats,
-            workload_share=opts.workload_share,
-        )
-        for decoded in chunks:
-            stats["refused"] = stats.get("refused", 0) + builder.add_decoded(decoded)
+        raise ValueError(f"unknown history source {opts.source!r}")
+
+
+def _read_golden(
+    cfg: MeshwatchConfig, opts: TrainOptions, advance: Any, result: TrainResult
+) -> Dataset:
+    """The golden topic's history: time segments of the range (or all of it), the
+    partitions split over worker processes, their reservoirs merged.
+
+    The range is ``(since, until]`` narrowed to the history the topic holds;
+    ``models.train_segments`` segments of warm-up + sampled minutes are spread
+    over it (all of it when they would cover it anyway).
+    """
+    from pipeline.train.history import Segment, describe_plan, plan_segments, topic_bounds
+    from pipeline.train.parallel import (
+        ReadTask,
+        default_workers,
+        read_parallel,
+        read_partitions,
+        split_partitions,
+    )
+
+    m = cfg.models
+    segments = m.train_segments if opts.segments is None else opts.segments
+    seg_min = m.train_segment_minutes if opts.segment_minutes is None else opts.segment_minutes
+    warm_min = m.train_warmup_minutes if opts.warmup_minutes is None else opts.warmup_minutes
+    workers = opts.workers if opts.workers is not None else m.train_workers
+    workers = workers or default_workers()
+    bounds = topic_bounds(cfg, opts.since, opts.until)
+    if bounds is None:
+        result.history = {"segments": 0, "share_read": 0.0, "note": "no history in the range"}
+        return merge([], opts.max_rows)
+    lo, hi = bounds
+    plan = plan_segments(lo, hi, segments=segments, segment_s=seg_min * 60.0,
+                         warmup_s=warm_min * 60.0)  # fmt: skip
+    result.history = describe_plan(plan, lo, hi)
+    if plan[0].whole:  # all of (since, until]: the bounds may miss the last batch
+        plan = [Segment(opts.since, opts.since, opts.until, whole=True)]
+    groups = split_partitions(range(cfg.topics.specs["golden"].partitions), workers)
+    tasks = [
+        ReadTask(cfg, g, tuple(plan), opts.since, opts.until, max_rows=opts.max_rows,
+                 seed=opts.seed, workload_share=opts.workload_share, name=f"worker {i}")
+        for i, g in enumerate(groups)
+    ]  # fmt: skip
+    parts = read_parallel(tasks, progress=advance, reader=opts.reader or read_partitions)
+    stats: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.stats.items():
+            stats[k] = stats.get(k, 0) + v
+    result.history.update(
+        workers=len(tasks),
+        worker_peak_rss_mib=[round(p.peak_rss_mib, 1) for p in parts],
+        records=stats,
+    )
+    return merge(parts, opts.max_rows)
 
 
 def run(cfg: MeshwatchConfig, opts: TrainOptions, console: Console | None = None) -> TrainResult:
@@ -129,8 +190,22 @@ def run(cfg: MeshwatchConfig, opts: TrainOptions, console: Console | None = None
             seen[0] += n
             progress.update(task, advance=n, info=f"{seen[0]:,} samples")
 
-        _read(builder, cfg, opts, advance, stats)
-        ds = builder.finish()
+        from pipeline.train.prometheus_history import HistoryUnavailableError
+
+        try:
+            if opts.source == "golden":
+                ds = _read_golden(cfg, opts, advance, result)
+            else:
+                _read(builder, cfg, opts, advance, stats)
+                ds = builder.finish()
+        except HistoryUnavailableError as exc:  # Prometheus unreachable or refusing: no data
+            result.exit_code = EXIT_NO_DATA
+            result.reasons.append(str(exc))
+            return result
+        except WorkerError as exc:  # a partial history would train a model that misses routes
+            result.exit_code = EXIT_ERROR
+            result.reasons.append(f"reading history failed: {exc}")
+            return result
         progress.update(task, total=seen[0], completed=seen[0])
         result.dataset = ds
         result.timings["history"] = time.perf_counter() - t0
@@ -187,6 +262,7 @@ def run(cfg: MeshwatchConfig, opts: TrainOptions, console: Console | None = None
             "train-%Y%m%dT%H%M%SZ", time.gmtime()
         )
         result.report = write_report(report_dir, result, model, ds, holdout, scen, budget)
+        _add_history_to_summary(report_dir, result)
         progress.update(task, completed=1, info=str(result.report))
         result.timings["report"] = time.perf_counter() - t0
 
@@ -257,6 +333,7 @@ def _manifest_args(
             "windows": ds.windows_seen,
             "rows_sampled": len(ds),
             "workload_share": opts.workload_share,
+            "history": result.history,
         },
         "metrics": {
             "candidate": result.candidate.as_dict() if result.candidate else {},
@@ -266,6 +343,17 @@ def _manifest_args(
         "false_alert_budget": budget,
         "note": "built by meshwatch train --default" if opts.default else "meshwatch train",
     }
+
+
+def _add_history_to_summary(report_dir: Path, result: TrainResult) -> None:
+    """summary.json also says what share of the range was read, and how."""
+    import json
+
+    path = report_dir / "summary.json"
+    if result.history and path.exists():
+        summary = json.loads(path.read_text())
+        summary["history"] = result.history
+        path.write_text(json.dumps(summary, indent=1, default=str))
 
 
 def summary_table(result: TrainResult) -> Table:

@@ -1,0 +1,402 @@
+"""Training history from Prometheus range queries (``meshwatch train --source prometheus``).
+
+Where no golden topic holds the history (a new install, or a topic whose
+retention is shorter than the training range) the Prometheus that already
+scrapes the proxies usually does. This reads it back as the very
+GoldenSamples the collector's Prometheus source would have built window by
+window, so a model trained from it sees the numbers the detector will see:
+
+- **Same queries.** The window's queries come from
+  :mod:`pipeline.collect.promql` through the collector's own
+  :class:`~pipeline.collect.prometheus_source.PrometheusSource` plan. Their
+  aligned shapes (``increase(x[w:w]) or x``) do not depend on the window's
+  end, so one ``query_range`` with ``step = window`` evaluates each of them
+  at every window end of a chunk: a Prometheus range query is the instant
+  query at each step. A chunk costs as many requests as one window does.
+- **Same folding.** Each step's rows are cut out of the matrices and folded
+  by :func:`pipeline.collect.promwindow.cover` and
+  :func:`~pipeline.collect.promwindow.fold`, exactly as an instant window.
+- **Windows whose pods did something special** (a restart, a pod down or
+  left out at an edge, new latency series, pods without a workload label)
+  need queries that name those pods, which differ per window. The info
+  query (itself a range query) says which windows those are; only they are
+  rebuilt one by one with the collector's instant path
+  (:meth:`PrometheusSource.build_window`). In steady state that is none.
+- **Gaps stay gaps.** A window Prometheus has no fresh samples for is
+  skipped (counted in the stats), never filled with zeros.
+
+**Bounded memory.** History is read in chunks of ``chunk_seconds`` (default
+one hour) and, on large meshes, in shards of whole namespaces of at most
+``pods_per_query`` pods each (a namespace matcher added to every query:
+every row is summed within one pod's namespace, so the shards' windows add up
+to the whole mesh's). Only one chunk of one shard is in memory at a time;
+the training sample downstream is bounded on its own.
+
+**Failures.** Every request has a timeout and is retried with doubling
+backoff; if Prometheus still does not answer, reading stops with
+:class:`HistoryUnavailableError` naming the URL and the cause (``train`` exits 4:
+no data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import requests
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from prometheus_api_client.prometheus_connect import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from pipeline.collect.prometheus_source import PrometheusSource
+from pipeline.collect.promql import info_query, new_series_query, quote
+from pipeline.collect.promwindow import Row, cover, fold, read_info
+from pipeline.config import MeshwatchConfig, PrometheusSourceConfig, read_secret
+from pipeline.schema import GoldenBatch, GoldenSample
+
+log = logging.getLogger(__name__)
+
+Series = dict[str, Any]  # one element of a range-query matrix: {"metric": {...}, "values": [...]}
+Progress = Callable[[int], None]
+_RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class HistoryUnavailableError(Exception):
+    """Prometheus could not give the history (unreachable, or it refused a query)."""
+
+
+class RangeClient(Protocol):
+    def query_range(
+        self, expr: str, start: float, end: float, step: float, timeout: float
+    ) -> list[Series]: ...
+
+    def close(self) -> None: ...
+
+
+class PromRangeClient:
+    """``query_range`` through ``prometheus-api-client``, with the collector's auth settings.
+
+    The library's own retries are off: :class:`PrometheusHistory` retries
+    with backoff and decides when to give up.
+    """
+
+    def __init__(self, pcfg: PrometheusSourceConfig) -> None:
+        session = requests.Session()
+        session.verify = str(pcfg.ca_file) if pcfg.ca_file else pcfg.tls_verify
+        headers = {k: v.get_secret_value() for k, v in pcfg.headers.items()}
+        token = read_secret(pcfg.bearer_token, pcfg.bearer_token_file)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.url = str(pcfg.url).rstrip("/")
+        self._prom = PrometheusConnect(
+            url=self.url,
+            headers=headers,
+            retry=Retry(total=0, read=False, raise_on_status=False),
+            session=session,
+            method=pcfg.method,
+        )
+        self._session = session
+
+    def query_range(
+        self, expr: str, start: float, end: float, step: float, timeout: float
+    ) -> list[Series]:
+        result = self._prom.custom_query_range(
+            expr,
+            start_time=datetime.fromtimestamp(start, UTC),
+            end_time=datetime.fromtimestamp(end, UTC),
+            step=f"{step:g}",
+            timeout=timeout,  # type: ignore[arg-type]  # the library annotates int
+        )
+        if not isinstance(result, list):
+            raise ValueError(f"not a range vector: {str(result)[:200]}")
+        return result
+
+    def close(self) -> None:
+        self._session.close()
+
+
+@dataclass
+class HistoryStats:
+    """What a read covered; printed by ``train`` and asserted by tests."""
+
+    windows: int = 0  # window ends asked for, per shard
+    built: int = 0  # windows that produced batches (or an empty, all-idle window)
+    skipped: int = 0  # gaps: Prometheus had no data for the window
+    rebuilt: int = 0  # windows rebuilt with instant queries (restarts, pods at an edge)
+    requests: int = 0  # range requests sent, retries included
+    retries: int = 0
+    samples: int = 0
+    shards: int = 0
+    chunk_windows: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _aligned_ends(since: float, until: float, window: float) -> list[float]:
+    """Window ends ``e`` with ``since < e <= until`` that are multiples of the window."""
+    first = (int(since // window) + 1) * window
+    out = []
+    e = first
+    while e <= until + 1e-9:
+        out.append(float(e))
+        e += window
+    return out
+
+
+class PrometheusHistory:
+    """Reads ``(since, until]`` from Prometheus as GoldenBatches, chunk by chunk."""
+
+    def __init__(
+        self,
+        cfg: MeshwatchConfig,
+        *,
+        client: RangeClient | None = None,
+        name: str = "train",
+    ) -> None:
+        self.cfg = cfg
+        self.hcfg = cfg.models.prometheus_history
+        self.window = float(cfg.window.seconds)
+        if abs(self.window - round(self.window)) > 1e-9:
+            # query_range takes whole seconds (prometheus-api-client rounds them)
+            raise HistoryUnavailableError(
+                f"window.seconds={self.window:g}: Prometheus history needs whole-second windows"
+            )
+        self.name = name
+        self.client: RangeClient = client if client is not None else PromRangeClient(cfg.prometheus)
+        self.url = str(cfg.prometheus.url)
+        self.stats = HistoryStats()
+        self._sources: dict[str, PrometheusSource] = {}
+        self._pool = ThreadPoolExecutor(
+            max_workers=cfg.prometheus.concurrency, thread_name_prefix="meshwatch-promrange"
+        )
+
+    # -- shards ----------------------------------------------------------------------------
+
+    def _source(self, selector: str) -> PrometheusSource:
+        """The collector's source for one shard (its plan, labels and instant path)."""
+        src = self._sources.get(selector)
+        if src is None:
+            prom = self.cfg.prometheus.model_copy(update={"selector": selector})
+            cfg = self.cfg.model_copy(update={"prometheus": prom})
+            h = self.hcfg
+            deadline = h.max_attempts * (h.timeout_seconds + h.backoff_seconds * 2**h.max_attempts)
+            src = self._sources[selector] = PrometheusSource(
+                cfg, name=self.name, deadline_seconds=deadline
+            )
+        return src
+
+    def shards(self, since: float, until: float) -> list[str]:
+        """Selectors splitting the mesh into whole namespaces of ``pods_per_query`` pods or less."""
+        base = self.cfg.prometheus.selector
+        ns_label = self.cfg.prometheus.labels.namespace
+        up = f"up{{{base}}}" if base else "up"
+        span = max(self.window, until - since)
+        expr = f"count by ({ns_label}) (last_over_time({up}[{int(span)}s]))"
+        rows = self._request(expr, until, until, self.window)
+        pods = {str(r["metric"].get(ns_label, "")): int(float(r["values"][-1][1])) for r in rows}
+        pods.pop("", None)
+        total = sum(pods.values())
+        if total <= self.hcfg.pods_per_query or len(pods) <= 1:
+            return [base]
+        groups: list[tuple[int, list[str]]] = []
+        for ns, n in sorted(pods.items(), key=lambda x: -x[1]):  # largest first, first fit
+            for i, (size, names) in enumerate(groups):
+                if size + n <= self.hcfg.pods_per_query:
+                    groups[i] = (size + n, [*names, ns])
+                    break
+            else:
+                groups.append((n, [ns]))
+        out = []
+        for _, names in groups:
+            alt = "|".join(sorted(names))
+            matcher = f"{ns_label}={quote(alt)}" if len(names) == 1 else f"{ns_label}=~{quote(alt)}"
+            out.append(", ".join(m for m in (base, matcher) if m))
+        return out
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _request(self, expr: str, start: float, end: float, step: float) -> list[Series]:
+        """One range query, retried with doubling backoff; HistoryUnavailableError at the end."""
+        h = self.hcfg
+        backoff = h.backoff_seconds
+        last = ""
+        for attempt in range(1, h.max_attempts + 1):
+            self.stats.requests += 1
+            try:
+                return self.client.query_range(expr, start, end, step, h.timeout_seconds)
+            except PrometheusApiClientException as exc:
+                text = " ".join(str(exc).split())[:300]
+                status = next((s for s in _RETRYABLE if f"Code {s}" in text), None)
+                if status is None:
+                    raise HistoryUnavailableError(
+                        f"Prometheus {self.url} refused a query: {text}"
+                    ) from exc
+                last = f"HTTP {status}"
+            except requests.Timeout:
+                last = f"no answer within {h.timeout_seconds:g}s"
+            except requests.ConnectionError as exc:
+                last = f"unreachable ({type(exc).__name__}: {str(exc)[:160]})"
+            except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+                last = f"bad response ({type(exc).__name__}: {str(exc)[:160]})"
+            if attempt < h.max_attempts:
+                self.stats.retries += 1
+                log.debug("range query attempt %d failed: %s", attempt, last)
+                time.sleep(backoff)
+                backoff *= 2
+        raise HistoryUnavailableError(
+            f"Prometheus {self.url}: {last} (gave up after {h.max_attempts} attempts)"
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def chunks(self, since: float, until: float) -> Iterator[list[tuple[float, list[GoldenBatch]]]]:
+        """The windows of each time chunk and shard: ``(window_end, batches)`` in time order.
+
+        Shards are read one after the other for each time chunk, so every
+        route's windows come in time order (what the detector needs).
+        """
+        ends = _aligned_ends(since, until, self.window)
+        if not ends:
+            return
+        shards = self.shards(since, until)
+        self.stats.shards = len(shards)
+        step_n = max(1, int(self.hcfg.chunk_seconds // self.window))
+        self.stats.chunk_windows = step_n
+        for i in range(0, len(ends), step_n):
+            chunk = ends[i : i + step_n]
+            for selector in shards:
+                yield list(self._chunk(selector, chunk))
+
+    def batches(self, since: float, until: float) -> Iterator[tuple[float, list[GoldenBatch]]]:
+        for chunk in self.chunks(since, until):
+            yield from chunk
+
+    def _chunk(
+        self, selector: str, ends: Sequence[float]
+    ) -> Iterator[tuple[float, list[GoldenBatch]]]:
+        src = self._source(selector)
+        w0 = src.window(ends[0])
+        plan = src.plan(w0)  # aligned, no pods named: the same text at every window end
+        exprs = [info_query(w0), new_series_query(w0), *(q for _, q in plan)]
+        futures = [
+            self._pool.submit(self._request, q, ends[0], ends[-1], self.window) for q in exprs
+        ]
+        answers = [f.result() for f in futures]
+        per_step = [_by_step(a) for a in answers]
+        labels = src.labels
+        pcfg = self.cfg.prometheus
+        for end in ends:
+            self.stats.windows += 1
+            key = round(end * 1000)
+            info = [*per_step[0].get(key, ()), *per_step[1].get(key, ())]
+            cov = cover(
+                read_info(info, labels),
+                labels,
+                t1=end,
+                window=self.window,
+                stale=pcfg.stale_after_seconds,
+            )
+            reason = cov.skip_reason(end, selector)
+            if reason is not None:
+                self._skipped(reason)
+                continue
+            if cov.excluded or cov.restarted or cov.new_series or cov.bare:
+                batches = self._instant(src, end)
+                if batches is None:
+                    continue
+                self.stats.rebuilt += 1
+            else:
+                rows = [(fam, per_step[2 + j].get(key, [])) for j, (fam, _) in enumerate(plan)]
+                batches = fold(
+                    cov,
+                    rows,
+                    labels,
+                    window_end=end,
+                    window_seconds=self.window,
+                    cluster=self.cfg.cluster,
+                    collector=self.name,
+                    exclude_ports=self.cfg.collector.exclude_ports,
+                ).batches
+            self.stats.built += 1
+            self.stats.samples += sum(len(b.samples) for b in batches)
+            yield end, batches
+
+    def _instant(self, src: PrometheusSource, end: float) -> list[GoldenBatch] | None:
+        """A window whose pods need naming, built by the collector's instant path."""
+        report, batches = asyncio.run(src.build_window(end))
+        if report.skipped is not None:
+            if report.skipped.startswith(f"Prometheus {self.cfg.prometheus.url}"):
+                raise HistoryUnavailableError(report.skipped)
+            self._skipped(report.skipped)
+            return None
+        return batches
+
+    def _skipped(self, reason: str) -> None:
+        self.stats.skipped += 1
+        short = reason.split(":")[0]
+        self.stats.skip_reasons[short] = self.stats.skip_reasons.get(short, 0) + 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for src in self._sources.values():
+            asyncio.run(src.aclose())
+        self._sources.clear()
+        self.client.close()
+
+
+def _by_step(series: Sequence[Series]) -> dict[int, list[Row]]:
+    """A range-query matrix cut into the instant vectors of its steps (keyed by ms)."""
+    out: dict[int, list[Row]] = defaultdict(list)
+    for s in series:
+        metric = s["metric"]
+        for t, v in s["values"]:
+            out[round(float(t) * 1000)].append({"metric": metric, "value": [t, v]})
+    return out
+
+
+def prometheus_chunks(
+    cfg: MeshwatchConfig,
+    since: float,
+    until: float,
+    *,
+    progress: Progress | None = None,
+    stats: dict[str, int] | None = None,
+    client: RangeClient | None = None,
+) -> Iterator[list[GoldenSample]]:
+    """The samples of ``(since, until]``, one list per time chunk and shard (time order)."""
+    hist = PrometheusHistory(cfg, client=client)
+    try:
+        for chunk in hist.chunks(since, until):
+            samples = [s for _, batches in chunk for b in batches for s in b.samples]
+            if progress:
+                progress(len(samples))
+            if samples:
+                yield samples
+    finally:
+        hist.close()
+        if stats is not None:
+            for k in ("windows", "built", "skipped", "rebuilt", "requests", "retries", "shards"):
+                stats[f"prometheus_{k}"] = int(getattr(hist.stats, k))
+        if hist.stats.skipped:
+            log.warning(
+                "Prometheus history: %d of %d window(s) skipped (gaps, not zeros): %s",
+                hist.stats.skipped,
+                hist.stats.windows,
+                hist.stats.skip_reasons,
+            )
+
+
+__all__ = [
+    "HistoryStats",
+    "HistoryUnavailableError",
+    "PromRangeClient",
+    "PrometheusHistory",
+    "RangeClient",
+    "prometheus_chunks",
+]
