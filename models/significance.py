@@ -8,11 +8,15 @@ least k events if the usual rate still held?") at any traffic level.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import EllipsisType
+
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 def binomial_surprise(k: npt.ArrayLike, n: npt.ArrayLike, p: npt.ArrayLike) -> FloatArray:
@@ -20,15 +24,35 @@ def binomial_surprise(k: npt.ArrayLike, n: npt.ArrayLike, p: npt.ArrayLike) -> F
     k_a = np.asarray(k, dtype=np.float64)
     n_a = np.asarray(n, dtype=np.float64)
     p_a = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
-    tail = stats.binom.sf(k_a - 1, n_a, p_a)
-    return np.where(k_a > 0, 1.0 - tail, 0.0)
+    k_a, n_a, p_a = np.broadcast_arrays(k_a, n_a, p_a)
+    return _where_events(k_a, lambda hit: 1.0 - stats.binom.sf(k_a[hit] - 1, n_a[hit], p_a[hit]))
 
 
 def poisson_surprise(k: npt.ArrayLike, lam: npt.ArrayLike) -> FloatArray:
     """1 − P(X ≥ k) for X ~ Poisson(lam)."""
     k_a = np.asarray(k, dtype=np.float64)
     lam_a = np.maximum(np.asarray(lam, dtype=np.float64), 1e-9)
-    return np.where(k_a > 0, 1.0 - stats.poisson.sf(k_a - 1, lam_a), 0.0)
+    k_a, lam_a = np.broadcast_arrays(k_a, lam_a)
+    return _where_events(k_a, lambda hit: 1.0 - stats.poisson.sf(k_a[hit] - 1, lam_a[hit]))
+
+
+def _where_events(
+    k: FloatArray, surprise: Callable[[BoolArray | EllipsisType], FloatArray]
+) -> FloatArray:
+    """``surprise`` (of the elements at an index) where at least one event
+    happened (``k > 0``), else 0.
+
+    Most windows see no TLS failure or plaintext request at all; the tails
+    are the costly part, so they are computed only where they can matter
+    (element by element: the values are those of the full computation).
+    """
+    hit = k > 0
+    out = np.zeros(k.shape)
+    if hit.all():
+        out[...] = surprise(...)
+    elif hit.any():
+        out[hit] = surprise(hit)
+    return out
 
 
 def poisson_drop_surprise(k: npt.ArrayLike, lam: npt.ArrayLike) -> FloatArray:
