@@ -521,8 +521,9 @@ class RouteDetector:
         memory = np.minimum(b.count[rows], (2.0 / b.alpha)[None, :])
         n_learned = np.maximum(memory * np.expm1(np.maximum(level[:, [LREQ]], 0.0)), 1.0)
 
-        def tail(zs: FloatArray) -> FloatArray:
-            return tail_score(zs, p.spread_tail_dof)
+        def tail(zs: FloatArray, where: BoolArray) -> FloatArray:
+            # only where the score is used (the t CDF is the costly part)
+            return tail_score(zs, p.spread_tail_dof, where)
 
         def upper(rate: FloatArray, col: int) -> FloatArray:
             return np.asarray(rate + 1.5 * np.sqrt(rate / n_learned[:, col]), dtype=np.float64)
@@ -545,8 +546,11 @@ class RouteDetector:
         counted = n_lat >= p.min_requests
         judged_lat = warm[:, LP95] & enough & (counted & warm[:, EXC] | ~counted)
         judged_lat &= counted | np.isfinite(x[:, LP95]) | np.isfinite(x[:, LP99])
-        count_score = binomial_surprise(np.rint(k_above), n_lat, exceed_p0)
-        spread_score = tail(np.max(zq, axis=1))
+        # each test only where its score is used (k = 0 scores 0 without work)
+        count_score = binomial_surprise(
+            np.where(judged_lat & counted, np.rint(k_above), 0.0), n_lat, exceed_p0
+        )
+        spread_score = tail(np.max(zq, axis=1), judged_lat & ~counted)
         score = np.where(judged_lat, np.where(counted, count_score, spread_score), 0.0)
         practical = np.nan_to_num(ratio) >= p.latency_min_ratio
         practical &= ~counted | (k_above >= 2 * exceed_p0 * n_lat)
@@ -562,8 +566,9 @@ class RouteDetector:
         p0 = upper(np.maximum(np.nan_to_num(level[:, ERR]), p.error_floor), ERR)
         err = x[:, ERR]
         judged = warm[:, ERR] & (o.requests > 0) & enough
-        count_score = binomial_surprise(o.failures, o.requests, p0)
-        spread_score = tail((err - p0) / spread[:, ERR])
+        count_score = binomial_surprise(np.where(judged, o.failures, 0.0), o.requests, p0)
+        # min(0, spread score) is 0: no spread score where the count test says 0
+        spread_score = tail((err - p0) / spread[:, ERR], judged & (count_score != 0))
         score = np.where(judged, np.minimum(count_score, spread_score), 0.0)
         anomalous = (
             judged
@@ -579,10 +584,9 @@ class RouteDetector:
         # -- TLS failures -------------------------------------------------------
         lam = np.maximum(np.nan_to_num(level[:, TLS]), 0.5)
         judged = warm[:, TLS] & np.isfinite(o.tls_failures)
-        spread_score = tail((o.tls_failures - lam) / spread[:, TLS])
-        score = np.where(
-            judged, np.minimum(poisson_surprise(o.tls_failures, lam), spread_score), 0.0
-        )
+        count_score = poisson_surprise(np.where(judged, o.tls_failures, 0.0), lam)
+        spread_score = tail((o.tls_failures - lam) / spread[:, TLS], judged & (count_score != 0))
+        score = np.where(judged, np.minimum(count_score, spread_score), 0.0)
         anomalous = judged & (score >= p.tls_threshold) & (o.tls_failures >= p.tls_min_failures)
         hi = lam + p.band_z * np.maximum(np.sqrt(lam), spread[:, TLS])
         out["tls_failure"] = self._verdict(
