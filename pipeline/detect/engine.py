@@ -117,17 +117,20 @@ class RouteRows:
         row_of = self.row_of
         got: list[int | None] = list(map(row_of.get, parts))
         if None in got:
-            miss = [i for i, r in enumerate(got) if r is None]
+            # A backlog brings several windows of a new route in one batch:
+            # build each new key once, then look the batch up again.
+            new = list(dict.fromkeys(p for p, r in zip(parts, got, strict=True) if r is None))
             # Interned parts: a workload's routes share their name strings
             # in the map instead of each pinning its own.
-            interned = [tuple(map(sys.intern, parts[i])) for i in miss]
+            interned = [tuple(map(sys.intern, t)) for t in new]
             keys = [
                 make_route_key(make_workload_key(ns, kind, wl), direction, route)
                 for ns, kind, wl, direction, route in interned
             ]
-            for i, t, r in zip(miss, interned, det.rows_for(keys).tolist(), strict=True):
-                got[i] = row_of[t] = r  # type: ignore[index]
-        return np.array(got, dtype=np.int64).reshape(len(parts))
+            for t, r in zip(interned, det.rows_for(keys).tolist(), strict=True):
+                row_of[t] = r  # type: ignore[index]
+            got = list(map(row_of.__getitem__, parts))
+        return np.fromiter(got, np.int64, len(parts))
 
 
 def observations(det: RouteDetector, samples: Sequence[GoldenSample]) -> Observations:
