@@ -20,12 +20,32 @@ below it. So, exactly like the baselines' scores, 0.999 means "1 in 1,000
 normal windows scores this high", and the kind's threshold is
 ``1 - false_alert_budget`` (the budget is a share of judged normal windows).
 
-Scoring is one ``predict`` per kind over the whole batch. Nothing here reads
-files: :mod:`models.registry` saves and loads these with skops.
+**Per-route parameters.** One estimator per kind serves every route (the
+features are relative to each route's own normal), but routes differ in how
+unusual their *normal* looks to it: a route with a jumpy latency scores
+higher on calm days than a steady one. So each kind has a raw-score offset
+per *route class* (the route's direction; the inbound all-routes aggregate
+is a class of its own), and a route with at least ``route_min_windows``
+normal training windows of a kind gets its own: its raw scores are shifted
+by the distance from the pooled ``route_quantile`` (0.9) of normal training
+scores to its own, shrunk towards its class's by ``n / (n + route_min_windows)``
+(a short history moves it half-way). The calibration reference is built from
+the shifted scores, so the tail shape stays pooled (a 1e-4 quantile cannot be
+learned from one route's few hundred windows) while its location is the
+route's. In raw-score terms a route's threshold is the pooled one plus its
+offset: a noisier route gets a higher threshold, a steadier one a lower
+one. Offsets are fitted on training rows only; the held-back rows judge them.
+Routes unknown to the model (new since training) use their class's offset.
+
+Scoring is one ``predict`` per kind over the whole batch, and the offsets
+one array lookup per batch (:meth:`LearnedModel.param_index` maps a route
+key to its row of ``offsets`` once, the detector caches it per route). Nothing
+here reads files: :mod:`models.registry` saves and loads these with skops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +58,28 @@ from models.features import FEATURE_NAMES, kind_columns
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
 
 #: Kinds the trained layer scores (certificate expiry is a plain floor on a TTL).
 LEARNED_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "cert_expiry")
 MIN_POSITIVES = 20
 MIN_WINDOWS = 50
 REFERENCE_SIZE = 20_000
+#: Route classes: what a route without enough history of its own shares parameters with.
+ROUTE_CLASSES: tuple[str, ...] = ("inbound", "inbound-all", "outbound", "other")
+_CLASS_INDEX = {c: i for i, c in enumerate(ROUTE_CLASSES)}
+ROUTE_MIN_WINDOWS = 200
+ROUTE_QUANTILE = 0.9
+
+
+def route_class(key: str) -> int:
+    """Index in :data:`ROUTE_CLASSES` of a route key ``ns/kind/workload/direction/route``."""
+    parts = key.split("/", 4)
+    if len(parts) < 5:
+        return _CLASS_INDEX["other"]
+    if parts[3] == "inbound":
+        return _CLASS_INDEX["inbound-all" if parts[4] == "*" else "inbound"]
+    return _CLASS_INDEX["outbound" if parts[3] == "outbound" else "other"]
 
 
 class ModelError(ValueError):
@@ -59,10 +95,37 @@ class LearnedModel:
     #: sorted raw scores of held-back normal windows, per kind
     reference: dict[str, FloatArray] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    #: routes with parameters of their own (row i of ``offsets``)
+    route_keys: tuple[str, ...] = ()
+    #: raw-score offsets, (routes + classes, LEARNED_KINDS): the routes' rows, then
+    #: one per :data:`ROUTE_CLASSES`; None: a model without (all offsets zero)
+    offsets: FloatArray | None = None
+    #: what fitting the offsets found (for the manifest; not needed to score)
+    route_stats: dict[str, Any] = field(default_factory=dict)
+    _route_rows: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k in LEARNED_KINDS if k in self.estimators)
+
+    def param_index(self, keys: Sequence[str], *, own: bool = True) -> IntArray:
+        """Row of ``offsets`` for each route key: its own, else its class's.
+
+        Python per key: call once per route, not per window (the detector
+        caches the result per route row). ``own=False`` gives every route its
+        class's row (what the model would do without per-route parameters).
+        """
+        n = len(self.route_keys)
+        rows = self._route_rows
+        if rows is None:
+            rows = self._route_rows = {k: i for i, k in enumerate(self.route_keys)}
+        if not own:
+            rows = {}
+        out = [rows.get(k, -1) for k in keys]
+        return np.array(
+            [r if r >= 0 else n + route_class(k) for r, k in zip(out, keys, strict=True)],
+            dtype=np.int64,
+        ).reshape(len(keys))
 
     def check(self) -> None:
         """Refuse a model built for other features: scoring it would be nonsense."""
@@ -79,6 +142,13 @@ class LearnedModel:
             ref = self.reference.get(k)
             if ref is None or ref.ndim != 1 or ref.size == 0:
                 raise ModelError(f"model has no calibration reference for {k}")
+        if self.offsets is not None:
+            shape = (len(self.route_keys) + len(ROUTE_CLASSES), len(LEARNED_KINDS))
+            if self.offsets.shape != shape or not np.isfinite(self.offsets).all():
+                raise ModelError(
+                    f"per-route offsets have shape {self.offsets.shape}, expected {shape} "
+                    "and finite values"
+                )
 
     def raw(self, kind: str, features: FloatArray) -> FloatArray:
         est = self.estimators[kind]
@@ -87,12 +157,22 @@ class LearnedModel:
             return np.asarray(-est.score_samples(x), dtype=np.float64)
         return np.asarray(est.predict_proba(x)[:, 1], dtype=np.float64)
 
-    def score(self, features: FloatArray, judged: dict[str, BoolArray]) -> dict[str, FloatArray]:
+    def score(
+        self,
+        features: FloatArray,
+        judged: dict[str, BoolArray],
+        params: IntArray | None = None,
+    ) -> dict[str, FloatArray]:
         """Calibrated scores per kind for a batch; 0 where a kind was not judged.
 
-        Only the kinds named in ``judged`` are scored."""
+        Only the kinds named in ``judged`` are scored. ``params`` is each row's
+        :meth:`param_index` (None: the class "other" for every row, i.e. no
+        per-route parameters; a model without offsets ignores it)."""
         if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES):
             raise ModelError(f"expected (n, {len(FEATURE_NAMES)}) features, got {features.shape}")
+        offsets = self.offsets
+        if offsets is not None and params is None:
+            params = np.full(features.shape[0], len(self.route_keys) + _CLASS_INDEX["other"])
         out: dict[str, FloatArray] = {}
         for k in self.kinds:
             if k not in judged:
@@ -100,7 +180,10 @@ class LearnedModel:
             mask = judged[k]
             s = np.zeros(features.shape[0])
             if mask.any():
-                s[mask] = calibrate(self.reference[k], self.raw(k, features[mask]))
+                raw = self.raw(k, features[mask])
+                if offsets is not None and params is not None:
+                    raw = raw - offsets[params[mask], _KIND_INDEX[k]]
+                s[mask] = calibrate(self.reference[k], raw)
             out[k] = s
         return out
 
@@ -128,6 +211,42 @@ def calibrate(reference: FloatArray, raw: FloatArray) -> FloatArray:
     return np.asarray(np.where(raw > u, tail, below), dtype=np.float64)
 
 
+def _group_quantiles(groups: IntArray, values: FloatArray, q: float) -> tuple[IntArray, FloatArray]:
+    """Row count and ``q`` quantile (lower) of ``values`` per group id (vectorised)."""
+    order = np.lexsort((values, groups))
+    g, v = groups[order], values[order]
+    counts = np.bincount(g).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    quant = np.full(counts.size, np.nan)
+    has = counts > 0
+    quant[has] = v[starts[has] + np.floor(q * (counts[has] - 1)).astype(np.int64)]
+    return counts, quant
+
+
+def _fit_offsets(
+    raw: FloatArray, routes: IntArray, classes: IntArray, n_routes: int, min_windows: int, q: float
+) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """Offsets of one kind from normal training rows: per route (where it has
+    ``min_windows`` rows), per class, both shrunk towards the level above them."""
+    pooled = float(np.quantile(raw, q, method="lower"))
+    c_n, c_q = _group_quantiles(classes, raw, q)
+    c_off = np.zeros(len(ROUTE_CLASSES))
+    c_n = np.pad(c_n, (0, len(ROUTE_CLASSES) - c_n.size))
+    c_q = np.pad(c_q, (0, len(ROUTE_CLASSES) - c_q.size), constant_values=np.nan)
+    has = c_n > 0
+    c_off[has] = c_n[has] / (c_n[has] + min_windows) * (c_q[has] - pooled)
+    r_n, r_q = _group_quantiles(routes, raw, q)
+    r_n = np.pad(r_n, (0, n_routes - r_n.size))
+    r_q = np.pad(r_q, (0, n_routes - r_q.size), constant_values=np.nan)
+    own = r_n >= min_windows
+    r_class = np.zeros(n_routes, dtype=np.int64)
+    r_class[routes] = classes  # every row of a route has the route's class
+    r_off = c_off[r_class].copy()
+    w = r_n[own] / (r_n[own] + min_windows)
+    r_off[own] += w * ((r_q[own] - pooled) - c_off[r_class[own]])
+    return r_off, c_off, own
+
+
 def fit(
     features: FloatArray,
     judged: dict[str, BoolArray],
@@ -137,18 +256,38 @@ def fit(
     false_alert_budget: float = 1e-4,
     seed: int = 0,
     n_estimators: int = 40,
+    routes: Sequence[str] | None = None,
+    route_min_windows: int = ROUTE_MIN_WINDOWS,
+    route_quantile: float = ROUTE_QUANTILE,
 ) -> LearnedModel:
     """Train one estimator per kind and calibrate it on held-back normal windows.
 
     ``holdout`` marks the rows kept out of fitting and used for calibration
     (default: every fifth row). ``labels[kind]`` marks known anomalous
-    windows; they are never part of the calibration reference.
+    windows; they are never part of the calibration reference. ``routes``
+    (each row's route key) enables the per-route and per-class offsets (see
+    the module docstring); without it the model has none.
     """
     n = features.shape[0]
     if holdout is None:
         holdout = (np.arange(n) % 5) == 4
     model = LearnedModel(feature_names=FEATURE_NAMES)
     rng = np.random.default_rng(seed)
+    route_ids: IntArray | None = None
+    classes: IntArray | None = None
+    names: list[str] = []
+    all_offsets = np.zeros((len(ROUTE_CLASSES), len(LEARNED_KINDS)))
+    has_own = np.zeros(0, dtype=np.bool_)
+    own_by_kind: dict[str, int] = {}
+    if routes is not None:
+        if len(routes) != n:
+            raise ModelError(f"{len(routes)} route keys for {n} rows")
+        uniq, inverse = np.unique(np.asarray(routes, dtype=object), return_inverse=True)
+        names = [str(u) for u in uniq]
+        route_ids = inverse.astype(np.int64).reshape(n)
+        classes = np.array([route_class(k) for k in names], dtype=np.int64)[route_ids]
+        all_offsets = np.zeros((len(names) + len(ROUTE_CLASSES), len(LEARNED_KINDS)))
+        has_own = np.zeros(len(names), dtype=np.bool_)
     for k in LEARNED_KINDS:
         mask = judged[k]
         pos = labels[k] if labels is not None and k in labels else np.zeros(n, dtype=np.bool_)
@@ -175,15 +314,51 @@ def fit(
         idx = np.flatnonzero(calib)
         if idx.size > REFERENCE_SIZE:
             idx = np.sort(rng.choice(idx, REFERENCE_SIZE, replace=False))
-        model.reference[k] = np.sort(model.raw(k, features[idx]))
+        ref = model.raw(k, features[idx])
+        if route_ids is not None and classes is not None:
+            ki = _KIND_INDEX[k]
+            normal_train = np.flatnonzero(train & ~pos)
+            r_off, c_off, own = _fit_offsets(
+                model.raw(k, features[normal_train]),
+                route_ids[normal_train],
+                classes[normal_train],
+                len(names),
+                route_min_windows,
+                route_quantile,
+            )
+            all_offsets[: len(names), ki] = r_off
+            all_offsets[len(names) :, ki] = c_off
+            has_own |= own
+            own_by_kind[k] = int(own.sum())
+            ref = ref - all_offsets[route_ids[idx], ki]
+        model.reference[k] = np.sort(ref)
         model.thresholds[k] = 1.0 - false_alert_budget
+    if route_ids is not None:
+        # keep only routes with parameters of their own; the rest use their class's row
+        # (a key with a newline cannot be stored: see models.registry.dump_model)
+        has_own &= np.array(["\n" not in k for k in names], dtype=np.bool_)
+        keep = np.flatnonzero(has_own)
+        model.route_keys = tuple(names[i] for i in keep)
+        model.offsets = np.vstack([all_offsets[keep], all_offsets[len(names) :]])
+        model.route_stats = {
+            "routes_with_own_parameters": len(model.route_keys),
+            "routes_seen": len(names),
+            "by_kind": own_by_kind,
+            "min_windows": route_min_windows,
+            "quantile": route_quantile,
+            "classes": list(ROUTE_CLASSES),
+        }
     return model
 
 
+_KIND_INDEX = {k: i for i, k in enumerate(LEARNED_KINDS)}
+
 __all__ = [
     "LEARNED_KINDS",
+    "ROUTE_CLASSES",
     "LearnedModel",
     "ModelError",
     "calibrate",
     "fit",
+    "route_class",
 ]

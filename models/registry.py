@@ -177,10 +177,15 @@ def _minor(version: str) -> str:
 
 
 def dump_model(model: LearnedModel) -> bytes:
-    payload = {
+    payload: dict[str, Any] = {
         "estimators": dict(model.estimators),
         "reference": {k: np.asarray(v, dtype=np.float64) for k, v in model.reference.items()},
     }
+    if model.offsets is not None:
+        # per-route parameters: one string (skops writes a list element by element)
+        # and one float array, so no new type enters the allow-list
+        payload["route_keys"] = "\n".join(model.route_keys)
+        payload["offsets"] = np.asarray(model.offsets, dtype=np.float64)
     return bytes(sio.dumps(payload, compression=zipfile.ZIP_DEFLATED))
 
 
@@ -207,6 +212,11 @@ def load_model(data: bytes, manifest: Mapping[str, Any], where: str) -> LearnedM
         reference={k: np.asarray(v, dtype=np.float64) for k, v in payload["reference"].items()},
         thresholds={k: float(v) for k, v in manifest.get("thresholds", {}).items()},
     )
+    if "offsets" in payload:  # artifacts before per-route parameters have none
+        keys = str(payload.get("route_keys", ""))
+        model.route_keys = tuple(keys.split("\n")) if keys else ()
+        model.offsets = np.asarray(payload["offsets"], dtype=np.float64)
+        model.route_stats = dict(manifest.get("per_route", {}))
     try:
         model.check()
     except ModelError as exc:
@@ -234,6 +244,7 @@ def build_manifest(
         "kinds": list(model.kinds),
         "estimators": {k: type(e).__name__ for k, e in model.estimators.items()},
         "thresholds": dict(model.thresholds),
+        "per_route": dict(model.route_stats),
         "false_alert_budget": false_alert_budget,
         "training": dict(training),
         "metrics": dict(metrics),

@@ -18,6 +18,12 @@ the baselines' scoring and this combination change independently.
 plainly normal, and an ensemble's ``predict`` per window would otherwise cost
 more than the whole baseline step.
 
+**Per-route parameters.** A model with per-route offsets (see
+:mod:`models.learned`) needs each scored row's parameter row. It is looked
+up by route key once per detector row and model (a numpy array indexed by
+detector row, extended as routes appear, rebuilt on a model switch); a batch
+then costs one fancy-index, never a dictionary lookup per window.
+
 **Switching versions.** A new model is *offered* (from the follower's
 thread, say) and *adopted* only by :meth:`adopt`, which the stage calls
 between two batches, so one batch is never scored by two versions.
@@ -30,9 +36,11 @@ import threading
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
 from models.detector import Observations, RouteDetector, Verdicts
 from models.features import window_features
+from models.learned import LearnedModel
 from models.registry import DEFAULT_DIR, ArtifactError, Loaded, load_dir
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,9 @@ class ModelScoring:
         self._pending: Loaded | None = None
         self._lock = threading.Lock()
         self.switches = 0
+        # parameter row per detector row, for (model, detector) — see _params
+        self._param_rows = np.zeros(0, dtype=np.int64)
+        self._param_for: tuple[LearnedModel, RouteDetector] | None = None
 
     @property
     def version(self) -> str | None:
@@ -109,11 +120,26 @@ class ModelScoring:
             return verdicts
         positions = np.flatnonzero(np.logical_or.reduce(list(candidates.values())))
         features = window_features(det, obs, verdicts, positions)
-        learned = model.score(features, {k: c[positions] for k, c in candidates.items()})
+        params = None
+        if model.offsets is not None:
+            params = self._params(model, det)[obs.rows[verdicts.index[positions]]]
+        learned = model.score(features, {k: c[positions] for k, c in candidates.items()}, params)
         for k, s in learned.items():
             v = verdicts.kinds[k]
             v.score[positions] = np.maximum(v.score[positions], s)
         return verdicts
+
+    def _params(self, model: LearnedModel, det: RouteDetector) -> npt.NDArray[np.int64]:
+        """Each detector row's parameter row in ``model`` (looked up once per route)."""
+        held = self._param_for
+        if held is None or held[0] is not model or held[1] is not det:
+            self._param_rows = np.zeros(0, dtype=np.int64)
+            self._param_for = (model, det)
+        have = self._param_rows.size
+        if have < len(det.keys):
+            new = model.param_index(det.keys[have:])
+            self._param_rows = np.concatenate([self._param_rows, new])
+        return self._param_rows
 
 
 __all__ = ["ModelScoring", "shipped_default"]

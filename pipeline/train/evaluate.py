@@ -13,6 +13,11 @@ Two questions decide whether a candidate may replace the production model:
 
 The rule (:func:`compare`): not worse than production on either, within a
 small tolerance; the reasons are returned as sentences for the job to print.
+
+Scores use each route's own parameters where the model has them (see
+:mod:`models.learned`); ``flag_rate_class_only`` is the same held-back rate
+with every route on its class's parameters, so the report can say what the
+per-route parameters changed.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class Evaluation:
     auc: dict[str, float] = field(default_factory=dict)
     baseline_auc: dict[str, float] = field(default_factory=dict)
     recall: dict[str, float] = field(default_factory=dict)
+    #: held-back flag rate with every route on its class's parameters
+    flag_rate_class_only: dict[str, float] = field(default_factory=dict)
+    routes_with_own_parameters: int = 0
 
     @property
     def mean_flag_rate(self) -> float:
@@ -65,12 +73,23 @@ class Evaluation:
             "baseline_auc": self.baseline_auc,
             "recall": self.recall,
             "mean_auc": self.mean_auc,
+            "flag_rate_class_only": self.flag_rate_class_only,
+            "routes_with_own_parameters": self.routes_with_own_parameters,
         }
 
 
-def learned_scores(model: LearnedModel, ds: Dataset, rows: np.ndarray) -> dict[str, np.ndarray]:
+def learned_scores(
+    model: LearnedModel, ds: Dataset, rows: np.ndarray, *, own: bool = True
+) -> dict[str, np.ndarray]:
+    """The model's scores of dataset rows, each with its route's parameters
+    (``own=False``: its route class's)."""
     feats = ds.features[rows]
-    return model.score(feats, {k: ds.judged[k][rows] for k in model.kinds})
+    params = None
+    if model.offsets is not None:
+        # one lookup per distinct route, then an array index per row
+        names, inverse = np.unique(np.asarray(ds.route, dtype=object)[rows], return_inverse=True)
+        params = model.param_index([str(r) for r in names], own=own)[inverse.reshape(-1)]
+    return model.score(feats, {k: ds.judged[k][rows] for k in model.kinds}, params)
 
 
 def evaluate(
@@ -85,12 +104,19 @@ def evaluate(
     if model is None:
         return ev
     threshold = 1.0 - budget
+    ev.routes_with_own_parameters = len(model.route_keys)
     if holdout_rows.size:
         scores = learned_scores(model, holdout, holdout_rows)
         for k, s in scores.items():
             judged = holdout.judged[k][holdout_rows]
             if judged.any():
                 ev.flag_rate[k] = float((s[judged] >= threshold).mean())
+        if model.route_keys:
+            scores = learned_scores(model, holdout, holdout_rows, own=False)
+            for k, s in scores.items():
+                judged = holdout.judged[k][holdout_rows]
+                if judged.any():
+                    ev.flag_rate_class_only[k] = float((s[judged] >= threshold).mean())
     if scenarios is not None and scenarios.labels is not None and len(scenarios):
         rows = np.arange(len(scenarios))
         scores = learned_scores(model, scenarios, rows)

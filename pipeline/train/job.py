@@ -228,6 +228,9 @@ def run(cfg: MeshwatchConfig, opts: TrainOptions, console: Console | None = None
             holdout=holdout,
             false_alert_budget=budget,
             seed=opts.seed,
+            routes=ds.route,  # per-route parameters where a route has enough history
+            route_min_windows=mcfg.route_min_windows,
+            route_quantile=mcfg.route_quantile,
         )
         progress.update(task, completed=1, info=", ".join(model.kinds))
         result.timings["train"] = time.perf_counter() - t0

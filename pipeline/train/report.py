@@ -20,8 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from models.learned import LearnedModel
+from models.learned import LEARNED_KINDS, LearnedModel
 from pipeline.train.dataset import Dataset
+from pipeline.train.evaluate import learned_scores
 
 if TYPE_CHECKING:
     from pipeline.train.job import TrainResult
@@ -36,12 +37,12 @@ def _distribution_plot(
     for ax, k in zip(axes[:, 0], kinds, strict=True):
         rows = np.flatnonzero(holdout & ds.judged[k])
         if rows.size:
-            s = model.score(ds.features[rows], {k: np.ones(rows.size, dtype=np.bool_)})[k]
+            s = learned_scores(model, ds, rows)[k]
             ax.hist(s, bins=bins, alpha=0.6, label="held-back history", density=True)
         if scen is not None and scen.labels is not None:
             pos = np.flatnonzero(scen.judged[k] & scen.labels[k])
             if pos.size:
-                s = model.score(scen.features[pos], {k: np.ones(pos.size, dtype=np.bool_)})[k]
+                s = learned_scores(model, scen, pos)[k]
                 ax.hist(s, bins=bins, alpha=0.6, label="labelled faults", density=True)
         ax.set_yscale("log")
         ax.set_title(k, fontsize=9)
@@ -58,7 +59,7 @@ def _worst_routes(
     rows = np.flatnonzero(holdout)
     if rows.size == 0:
         return []
-    scores = model.score(ds.features[rows], {k: ds.judged[k][rows] for k in model.kinds})
+    scores = learned_scores(model, ds, rows)
     top = np.max(np.column_stack(list(scores.values())), axis=1)
     flagged: dict[str, int] = defaultdict(int)
     peak: dict[str, float] = defaultdict(float)
@@ -83,7 +84,7 @@ def _examples_plot(
         rows = np.flatnonzero(scen.judged[k])
         if rows.size == 0:
             continue
-        s = model.score(scen.features[rows], {k: np.ones(rows.size, dtype=np.bool_)})[k]
+        s = learned_scores(model, scen, rows)[k]
         ax.scatter(scen.window_end[rows], s, s=4, label=k)
         for j in np.argsort(-s)[:3]:
             i = int(rows[j])
@@ -108,6 +109,26 @@ def _examples_plot(
     return out
 
 
+def _per_route(model: LearnedModel, cand: dict[str, Any], n: int = 10) -> dict[str, Any]:
+    """How many routes got parameters of their own, what that changed, and the largest."""
+    if model.offsets is None:
+        return {}
+    own = model.offsets[: len(model.route_keys)]
+    kinds = [i for i, k in enumerate(LEARNED_KINDS) if k in model.kinds]
+    largest: list[tuple[str, str, float]] = []
+    if own.size and kinds:
+        sub = own[:, kinds]
+        for flat in np.argsort(-np.abs(sub), axis=None)[:n]:
+            r, c = np.unravel_index(int(flat), sub.shape)
+            largest.append((model.route_keys[r], LEARNED_KINDS[kinds[c]], float(sub[r, c])))
+    return {
+        **model.route_stats,
+        "flag_rate": cand.get("flag_rate", {}),
+        "flag_rate_class_only": cand.get("flag_rate_class_only", {}),
+        "largest_offsets": largest,
+    }
+
+
 def write_report(
     out: Path,
     result: TrainResult,
@@ -124,10 +145,12 @@ def write_report(
     examples = _examples_plot(out / "flagged.png", model, scen, threshold)
     cand = result.candidate.as_dict() if result.candidate else {}
     prod = result.production.as_dict() if result.production else {}
+    per_route = _per_route(model, cand)
     summary = {
         "reasons": result.reasons,
         "candidate": cand,
         "production": prod,
+        "per_route": per_route,
         "training": {
             "samples": ds.samples_seen,
             "routes": ds.routes_seen,
@@ -172,6 +195,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}<
 <table><tr><th>kind</th><th>flagged held-back (cand.)</th><th>(prod.)</th>
 <th>AUC baseline only</th><th>AUC cand.</th><th>AUC prod.</th><th>recall cand.</th></tr>
 {metric_rows}</table>
+{_per_route_html(per_route, row)}
 <h2>Score distributions</h2><img src="scores.png" alt="score distributions">
 <h2>Routes flagged most on held-back history</h2>
 <table><tr><th>route</th><th>flagged windows</th><th>peak score</th></tr>
@@ -185,6 +209,26 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}<
 </body></html>"""  # fmt: skip
     (out / "index.html").write_text(page)
     return out / "index.html"
+
+
+def _per_route_html(per_route: dict[str, Any], row: Any) -> str:
+    if not per_route:
+        return "<h2>Per-route parameters</h2><p>none (the model has one set per kind)</p>"
+    with_own, cls = per_route["flag_rate"], per_route["flag_rate_class_only"]
+    rows = "".join(
+        row([k, f"{with_own.get(k, float('nan')):.2e}", f"{cls.get(k, float('nan')):.2e}",
+             per_route.get("by_kind", {}).get(k, 0)])
+        for k in sorted(set(with_own) | set(cls))
+    )  # fmt: skip
+    largest = "".join(row([r, k, f"{o:+.4f}"]) for r, k, o in per_route["largest_offsets"])
+    return f"""<h2>Per-route parameters</h2>
+<p>{per_route.get("routes_with_own_parameters", 0):,} of {per_route.get("routes_seen", 0):,}
+routes have score offsets of their own (at least {per_route.get("min_windows")} normal training
+windows of a kind); the others use their route class's.</p>
+<table><tr><th>kind</th><th>flagged held-back (own parameters)</th>
+<th>(class parameters only)</th><th>routes with own</th></tr>{rows}</table>
+<p>Largest offsets (raw score; positive: a noisier normal, a higher threshold):</p>
+<table><tr><th>route</th><th>kind</th><th>offset</th></tr>{largest}</table>"""
 
 
 __all__ = ["write_report"]
