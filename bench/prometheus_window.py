@@ -18,7 +18,16 @@ collector does and prints:
   part's series: selecting them and reading one sample each) and *Linkerd's
   own shape* (``sum by (...) (increase(x[2w]))``, as ``linkerd viz`` asks,
   extrapolated and not exact); medians and ratios at the end;
-- each query of the window alone, one after the other.
+- each query of the window alone, one after the other;
+- ``--recorded`` (the default; ``--no-recorded`` for the raw mode alone):
+  meshwatch's recording rules (``deploy/prometheus/``) are loaded once the
+  mesh is scraped, and the same windows are also built from them
+  (``prometheus.recorded: on``) next to the raw mode, in the live windows and
+  in every quiet round. Their price is paid continuously instead: Prometheus'
+  CPU per window interval with and without the rules (while scraping), the
+  rule groups' own durations (``prometheus_rule_group_last_duration_seconds``)
+  and missed iterations, and the rules' expressions run once as queries on
+  the quiet Prometheus (CPU per interval).
 
 Per window: query time (first query sent → last answer), fold time (rows →
 batches here), Prometheus' own CPU seconds (from /proc). On a shared
@@ -26,6 +35,7 @@ machine the CPU seconds and the ratios say more than wall time.
 
     python bench/prometheus_window.py                            # ~10,000 routes
     python bench/prometheus_window.py --target-routes 16000      # ~16,000 routes
+    python bench/prometheus_window.py --no-recorded              # raw mode only (as before)
 """
 
 from __future__ import annotations
@@ -48,7 +58,11 @@ if str(_REPO) not in sys.path:
 
 from common import machine_line, rss_mib  # noqa: E402
 
-from pipeline.collect.prometheus_source import PromCycleReport, PrometheusSource  # noqa: E402
+from pipeline.collect.prometheus_source import (  # noqa: E402
+    PromCycleReport,
+    PrometheusSource,
+    rules_for,
+)
 from pipeline.collect.promql import (  # noqa: E402
     Window,
     family_queries,
@@ -57,11 +71,55 @@ from pipeline.collect.promql import (  # noqa: E402
     part_selector,
     sum_labels,
 )
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import MeshwatchConfig, load_config  # noqa: E402
+from pipeline.schema import GoldenBatch  # noqa: E402
 from pipeline.simulate import SimulatedMesh, generate_mesh  # noqa: E402
 from pipeline.simulate.prometheus import LocalPrometheus, find_prometheus  # noqa: E402
 
 BUDGET = 2.0
+
+
+class RulesPrometheus(LocalPrometheus):
+    """The real Prometheus with ``rule_files`` (applied at start or on the next reload)."""
+
+    rule_files: tuple[str, ...] = ()
+
+    def _write(self) -> None:
+        super()._write()
+        if self.rule_files:
+            import yaml
+
+            cfg = yaml.safe_load(self.config_path.read_text())
+            cfg["rule_files"] = list(self.rule_files)
+            self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    def reload(self, rule_files: tuple[str, ...], targets: object = None) -> None:
+        self.rule_files = rule_files
+        self.set_targets(self._targets if targets is None else targets)  # type: ignore[arg-type]
+
+
+def self_metrics(url: str) -> dict[str, float]:
+    """Prometheus' own rule metrics: group durations summed, missed iterations, evaluations."""
+    import httpx
+
+    out = {"group_last_s": 0.0, "group_max_s": 0.0, "missed": 0.0, "eval_sum_s": 0.0, "evals": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if "meshwatch-window" not in line and not line.startswith("prometheus_rule_evaluation_d"):
+            continue
+        try:
+            v = float(line.rsplit(" ", 1)[1])
+        except ValueError:
+            continue
+        if line.startswith("prometheus_rule_group_last_duration_seconds{"):
+            out["group_last_s"] += v
+            out["group_max_s"] = max(out["group_max_s"], v)
+        elif line.startswith("prometheus_rule_group_iterations_missed_total{"):
+            out["missed"] += v
+        elif line.startswith("prometheus_rule_evaluation_duration_seconds_sum"):
+            out["eval_sum_s"] += v
+        elif line.startswith("prometheus_rule_evaluation_duration_seconds_count"):
+            out["evals"] += v
+    return out
 
 
 def head_series(url: str) -> int | None:
@@ -104,6 +162,12 @@ async def one_window(
     if report.skipped:
         print(f"{label:>6} {end % 1e5:>11.0f} skipped: {report.skipped}")
     else:
+        if report.mode == "recorded":
+            raw = (
+                f"{report.recorded_rows:,} rows of rules; {report.raw_pods} pods raw, "
+                f"families raw {report.raw_families}, {report.new_series} pods with new series"
+            )
+            print(f"{'':>6} (recorded: {raw})")
         print(
             f"{label:>6} {end % 1e5:>11.0f} {report.samples:>7,} {report.batches:>7} "
             f"{report.rows:>7,} {report.queries:>7} {report.query_seconds:>8.3f} "
@@ -130,7 +194,7 @@ async def run(args: argparse.Namespace) -> int:
             f"(built in {time.perf_counter() - t:.1f}s)"
         )
         with tempfile.TemporaryDirectory(prefix="mw-prom-bench-") as tmp:
-            prom = LocalPrometheus(tmp, scrape_interval=args.scrape_interval)
+            prom = RulesPrometheus(tmp, scrape_interval=args.scrape_interval)
             prom.set_targets(targets)
             await asyncio.to_thread(prom.start, 60.0)
             pid = prom.pid
@@ -141,33 +205,35 @@ async def run(args: argparse.Namespace) -> int:
                     return 1
                 series = await asyncio.to_thread(head_series, prom.url)
                 print(f"prometheus head series: {series:,}" if series else "head series: ?")
-                cfg = load_config(
-                    None,
-                    {
-                        "window": {"seconds": args.window, "scrape_timeout_seconds": 1.0},
-                        "prometheus": {
-                            "url": prom.url,
-                            "timeout_seconds": args.timeout,
-                            "concurrency": args.concurrency,
-                        },
-                    },
-                )
+                cfg = bench_config(args, prom.url, "off")
                 source = PrometheusSource(cfg, name="bench", deadline_seconds=args.timeout)
+                recorded: PrometheusSource | None = None
+                if args.recorded:
+                    rcfg = bench_config(args, prom.url, "on")
+                    recorded = PrometheusSource(rcfg, name="bench", deadline_seconds=args.timeout)
+                    await load_rules(args, prom, rcfg, Path(tmp), pid)
                 print(f"\nwindow {args.window:g}s, {args.concurrency} queries in flight")
                 print(HEADER)
                 last = 0.0
                 for _ in range(args.windows):
-                    # The latest window whose scrapes have landed.
-                    now = time.time() - args.scrape_interval
+                    # The latest window whose scrapes have landed (and whose rules have run).
+                    settle = (recorded or source).settle_seconds
+                    now = time.time() - max(args.scrape_interval, settle)
                     last = math.floor(now / args.window) * args.window
                     await one_window("live", source, last, pid)
-                    await asyncio.sleep(max(0.0, last + 2 * args.window - time.time()))
-                # Quiet: no more scrapes (stored data stays), no more simulator work.
-                await asyncio.to_thread(prom.set_targets, [])
+                    if recorded is not None:
+                        await one_window("rec", recorded, last, pid)
+                    await asyncio.sleep(max(0.0, last + 2 * args.window + settle - time.time()))
+                # Quiet: no more scrapes (stored data stays), no more simulator work, and
+                # no more rule evaluations (their stored results stay).
+                await asyncio.to_thread(prom.reload, (), [])
                 await mesh.close()
                 await asyncio.sleep(2.0)
-                await quiet_rounds(source, last, pid, args)
+                await quiet_rounds(source, recorded, last, pid, args)
                 await per_query(source, last, pid)
+                if recorded is not None:
+                    await rules_as_queries(recorded, last, pid)
+                    await recorded.aclose()
                 await source.aclose()
                 print(f"# {load_line()}")
             finally:
@@ -175,6 +241,80 @@ async def run(args: argparse.Namespace) -> int:
     cur, peak = rss_mib()
     print(f"bench process RSS {cur:.0f} MiB (peak {peak:.0f})")
     return 0
+
+
+def bench_config(args: argparse.Namespace, url: str, recorded: str) -> MeshwatchConfig:
+    return load_config(
+        None,
+        {
+            "window": {"seconds": args.window, "scrape_timeout_seconds": 1.0},
+            "prometheus": {
+                "url": url,
+                "timeout_seconds": args.timeout,
+                "concurrency": args.concurrency,
+                "recorded": recorded,
+            },
+        },
+    )
+
+
+async def cpu_per_interval(pid: int | None, seconds: float, interval: float) -> float:
+    cpu0 = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return (cpu_seconds(pid) - cpu0) * interval / seconds
+
+
+async def load_rules(
+    args: argparse.Namespace,
+    prom: RulesPrometheus,
+    cfg: MeshwatchConfig,
+    tmp: Path,
+    pid: int | None,
+) -> None:
+    """Prometheus' CPU per interval while scraping, then with the rules loaded as well."""
+    import yaml
+
+    n = args.cost_intervals
+    span = n * args.window
+    base = await cpu_per_interval(pid, span, args.window)
+    print(f"prometheus CPU per {args.window:g}s, scraping only: {base:.2f} s ({load_line()})")
+    rules = rules_for(cfg)
+    path = tmp / "meshwatch-rules.yaml"
+    path.write_text(yaml.safe_dump(rules.to_yaml_obj(), sort_keys=False))
+    await asyncio.to_thread(prom.reload, (str(path),))
+    # Two whole windows of evaluations before measuring (the first ones read a partial past).
+    await asyncio.sleep(2 * args.window + rules.settle_seconds)
+    m0 = await asyncio.to_thread(self_metrics, prom.url)
+    with_rules = await cpu_per_interval(pid, span, args.window)
+    m1 = await asyncio.to_thread(self_metrics, prom.url)
+    evals = m1["evals"] - m0["evals"]
+    per_eval = (m1["eval_sum_s"] - m0["eval_sum_s"]) / evals if evals else float("nan")
+    print(
+        f"prometheus CPU per {args.window:g}s, scraping + {len(rules.rules)} rule groups: "
+        f"{with_rules:.2f} s -> rules ~{with_rules - base:.2f} CPU s per interval "
+        f"({(with_rules - base) / args.window:.2f} of a core; {load_line()})"
+    )
+    print(
+        f"rule groups: last durations sum {m1['group_last_s']:.2f} s (slowest group "
+        f"{m1['group_max_s']:.2f} s) per {args.window:g}s interval; {evals:.0f} evaluations "
+        f"measured, mean {per_eval:.3f} s; iterations missed so far: {m1['missed']:.0f}"
+    )
+
+
+async def rules_as_queries(source: PrometheusSource, end: float, pid: int | None) -> None:
+    """Each rule's expression once, as a query at the instant it covered ``end`` (quiet)."""
+    assert source.rules is not None
+    at = end + source.rules.settle_seconds + 0.5
+    print("\nthe rules' expressions as queries (quiet, sequential: one interval's evaluation):")
+    total = cpu_total = 0.0
+    for rule in source.rules.rules:
+        cpu0, t = cpu_seconds(pid), time.perf_counter()
+        rows = await asyncio.to_thread(source.client.query, rule.expr, at, 600.0)
+        dt, cpu = time.perf_counter() - t, cpu_seconds(pid) - cpu0
+        total += dt
+        cpu_total += cpu
+        print(f"  {rule.record:<52} {dt:8.3f}s {cpu:6.2f} cpu s {len(rows):>8,} rows")
+    print(f"  {'sum (one evaluation of every rule)':<52} {total:8.3f}s {cpu_total:6.2f} cpu s")
 
 
 async def warm_up(args: argparse.Namespace, prom: LocalPrometheus, n: int) -> bool:
@@ -240,9 +380,13 @@ async def reference(
 
 
 async def quiet_rounds(
-    source: PrometheusSource, end: float, pid: int | None, args: argparse.Namespace
+    source: PrometheusSource,
+    recorded: PrometheusSource | None,
+    end: float,
+    pid: int | None,
+    args: argparse.Namespace,
 ) -> None:
-    """The window and both references, interleaved round by round (the load drifts).
+    """The window (raw, and recorded) and both references, interleaved round by round.
 
     References over the very same series at the same concurrency: the *floor*
     (``count()`` of each part's series: selecting them and reading one sample
@@ -253,29 +397,50 @@ async def quiet_rounds(
     print(f"\nquiet rounds (scraping stopped; window, then references; {args.rounds} rounds):")
     print(
         f"  {'round':>5} {'window q s':>10} {'cpu':>6} {'fold s':>7} {'floor s':>8} {'cpu':>6} "
-        f"{'linkerd s':>9} {'cpu':>6} {'rows':>8} {'routes':>7}"
+        f"{'linkerd s':>9} {'cpu':>6} {'rows':>8} {'routes':>7} {'rec q s':>8} {'cpu':>6} "
+        f"{'rec fold':>8} {'rec rows':>8} {'of rules':>8} {'raw pods':>8} {'load':>5}"
     )
     runs: list[tuple[float, ...]] = []
+    nan = float("nan")
     with ThreadPoolExecutor(args.concurrency) as pool:
         for i in range(args.rounds):
+            rq = rc = rf = nan
+            rrows = rrules = rpods = 0
+            if recorded is not None:
+                cpu0 = cpu_seconds(pid)
+                rrep, rbatches = await recorded.build_window(end)
+                rc = cpu_seconds(pid) - cpu0
+                if rrep.skipped or rrep.mode != "recorded":
+                    print(f"  {i:>5} recorded: {rrep.skipped or rrep.recorded_note}")
+                else:
+                    rq, rf, rrows = rrep.query_seconds, rrep.fold_seconds, rrep.rows
+                    rrules, rpods = rrep.recorded_rows, rrep.raw_pods
             cpu0 = cpu_seconds(pid)
-            report, _ = await source.build_window(end)
+            report, batches = await source.build_window(end)
             cpu = cpu_seconds(pid) - cpu0
             if report.skipped:
                 print(f"  {i:>5} skipped: {report.skipped}")
                 continue
+            if recorded is not None and rrows:
+                same = _same(rbatches, batches)
+                if not same:
+                    print(f"  {i:>5} RECORDED AND RAW BATCHES DIFFER")
             fw, fc, _, _ = await reference(source, end, pid, "floor", pool)
             lw, lc, _, _ = await reference(source, end, pid, "linkerd", pool)
-            runs.append((report.query_seconds, cpu, report.fold_seconds, fw, fc, lw, lc))
+            load = os.getloadavg()[0]
+            runs.append(
+                (report.query_seconds, cpu, report.fold_seconds, fw, fc, lw, lc, rq, rc, rf)
+            )
             print(
                 f"  {i:>5} {report.query_seconds:>10.3f} {cpu:>6.2f} {report.fold_seconds:>7.3f} "
                 f"{fw:>8.3f} {fc:>6.2f} {lw:>9.3f} {lc:>6.2f} {report.rows:>8,} "
-                f"{report.samples:>7,}"
+                f"{report.samples:>7,} {rq:>8.3f} {rc:>6.2f} {rf:>8.3f} {rrows:>8,} {rrules:>8,} "
+                f"{rpods:>8} {load:>5.1f}"
             )
     if not runs:
         return
     med = [statistics.median(col) for col in zip(*runs, strict=True)]
-    q, cpu, fold_s, fw, fc, lw, lc = med
+    q, cpu, fold_s, fw, fc, lw, lc, rq, rc, rf = med
     print(
         f"  median: window {q:.3f}s query ({cpu:.2f} Prometheus CPU s), fold {fold_s:.3f}s; "
         f"floor {fw:.3f}s ({fc:.2f}); Linkerd shape {lw:.3f}s ({lc:.2f})"
@@ -285,6 +450,28 @@ async def quiet_rounds(
         f"window / Linkerd shape: {q / lw:.2f}x wall, {cpu / lc:.2f}x CPU; "
         f"window / 2 s budget: {q / BUDGET:.2f}x"
     )
+    if recorded is not None:
+        print(
+            f"  recorded: window {rq:.3f}s query ({rc:.2f} Prometheus CPU s), fold {rf:.3f}s; "
+            f"recorded / raw {rq / q:.2f}x wall, {rc / cpu:.2f}x CPU; recorded / floor "
+            f"{rq / fw:.2f}x wall, {rc / fc:.2f}x CPU; recorded / 2 s budget {rq / BUDGET:.2f}x"
+        )
+
+
+def _same(a: list[GoldenBatch], b: list[GoldenBatch]) -> bool:
+    """Whether two windows' batches hold the same samples (order and float sums aside)."""
+
+    def key(batches: list[GoldenBatch]) -> list[str]:
+        out = []
+        for batch in batches:
+            for smp in batch.samples:
+                d = smp.model_dump(mode="json")
+                d.pop("latency_sum_ms", None)
+                d.pop("mean_ms", None)
+                out.append(f"{batch.workload_key} {sorted(d.items())}")
+        return sorted(out)
+
+    return key(a) == key(b)
 
 
 #: Golden routes per workload of ``generate_mesh`` (seed 1, 16 routes, 1-2 replicas):
@@ -311,6 +498,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--timeout", type=float, default=300.0, help="per window (bench only)")
+    p.add_argument(
+        "--recorded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also load meshwatch's recording rules and build the windows from them",
+    )
+    p.add_argument(
+        "--cost-intervals",
+        type=int,
+        default=3,
+        help="window intervals over which Prometheus' CPU is measured with and without rules",
+    )
     args = p.parse_args(argv)
     if args.workloads <= 0:
         args.workloads = max(1, round(args.target_routes / ROUTES_PER_WORKLOAD))

@@ -84,7 +84,8 @@ def make_cfg(url: str = "http://127.0.0.1:9", window: float = 10.0, **prom: Any)
             "cluster": CLUSTER,
             "window": {"seconds": window, "scrape_timeout_seconds": min(window, 2.0)},
             "collector": {"source": "prometheus"},
-            "prometheus": {"url": url, **prom},
+            # Raw series: the recorded mode has tests of its own (test_prometheus_recorded).
+            "prometheus": {"url": url, "recorded": "off", **prom},
         },
     )
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import threading
 import time
@@ -53,7 +54,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import orjson
 import requests
@@ -67,13 +68,28 @@ from pipeline.collect.promql import (
     Family,
     Labels,
     PodId,
+    RecordedRule,
+    RuleSet,
     Window,
     family_queries,
     golden_families,
     info_query,
     new_series_query,
+    new_series_sums,
+    recording_rules,
 )
-from pipeline.collect.promwindow import Row, cover, fold, read_info
+from pipeline.collect.promwindow import (
+    Coverage,
+    RawScope,
+    Row,
+    cover,
+    fold,
+    raw_scope,
+    read_info,
+    recorded_rows,
+    scoped_rows,
+    sentinel_of,
+)
 from pipeline.config import MeshwatchConfig, PrometheusSourceConfig, read_secret
 from pipeline.schema import GoldenBatch
 
@@ -91,6 +107,14 @@ class QueryError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+
+
+#: Which rows of a raw query the recorded mode keeps: all, those of the raw scope, the others.
+_Take = Literal["all", "in", "out"]
+
+
+class _NotCoveredError(Exception):
+    """The rules' rows read do not cover the window (a race with an evaluation)."""
 
 
 class QueryClient(Protocol):
@@ -206,6 +230,13 @@ class PromCycleReport(CycleReport):
     new_series: int = 0  # pods with latency series that began in the window
     guessed: int = 0  # family queries sent on the last window's pod sets, with the info query
     guessed_unused: int = 0  # ... and then not needed (sent again for the real pod sets)
+    #: "raw": raw series only; "recorded": the recording rules' rows (plus raw rows
+    #: for ``raw_pods`` pods' workloads and the ``raw_families`` whose rule missed it).
+    mode: str = "raw"
+    raw_pods: int = 0
+    recorded_rows: int = 0  # rows taken from the rules (the rest came from raw queries)
+    raw_families: list[str] = field(default_factory=list)
+    recorded_note: str | None = None  # why recorded rows were not (all) used
 
 
 def _iso(t: float) -> str:
@@ -252,6 +283,24 @@ class _Budget:
             self.closed = True
 
 
+def labels_of(pcfg: PrometheusSourceConfig) -> Labels:
+    lc = pcfg.labels
+    return Labels(lc.namespace, lc.pod, tuple(lc.workload.items()))
+
+
+def rules_for(cfg: MeshwatchConfig, families: Sequence[Family] | None = None) -> RuleSet:
+    """The recording rules a collector with ``cfg`` reads (``deploy/prometheus/generate-rules``)."""
+    template = Window(
+        t1=cfg.window.seconds,
+        seconds=cfg.window.seconds,
+        selector=cfg.prometheus.selector,
+        labels=labels_of(cfg.prometheus),
+        exclude_ports=tuple(cfg.collector.exclude_ports),
+    )
+    fams = golden_families() if families is None else families
+    return recording_rules(template, fams, settle_seconds=cfg.prometheus.query_delay_seconds)
+
+
 class PrometheusSource:
     """Builds each window from Prometheus; plug into :class:`Collector` as ``source``."""
 
@@ -267,8 +316,7 @@ class PrometheusSource:
         self.cfg = cfg
         self.pcfg = cfg.prometheus
         self.name = name
-        lc = self.pcfg.labels
-        self.labels = Labels(lc.namespace, lc.pod, tuple(lc.workload.items()))
+        self.labels = labels_of(self.pcfg)
         self.families = tuple(families) if families is not None else golden_families()
         self.client: QueryClient = client if client is not None else PromClient(self.pcfg)
         #: Time all of a window's queries share (default: the window's length).
@@ -281,10 +329,27 @@ class PrometheusSource:
         self._pool = ThreadPoolExecutor(
             max_workers=self.pcfg.concurrency, thread_name_prefix="meshwatch-promql"
         )
+        #: The recording rules this configuration reads (``prometheus.recorded``),
+        #: and whether the last window found them loaded.
+        self.rules: RuleSet | None = None
+        if self.pcfg.recorded != "off":
+            self.rules = self.rule_set()
+        self._rules_seen = self.pcfg.recorded == "on"
+
+    def rule_set(self) -> RuleSet:
+        """The recording rules matching this configuration (``deploy/prometheus/``)."""
+        return rules_for(self.cfg, self.families)
 
     @property
     def settle_seconds(self) -> float:
-        """How long after a window's end to build it (scrapes in flight must land)."""
+        """How long after a window's end to build it (scrapes in flight must land).
+
+        With recording rules a window's rows exist once every rule has been
+        evaluated for it: ``query_delay_seconds`` to one window later (each
+        rule group runs at its own phase), so windows are built a window later.
+        """
+        if self.rules is not None and self._rules_seen:
+            return self.pcfg.query_delay_seconds + self.cfg.window.seconds
         return self.pcfg.query_delay_seconds
 
     def window(self, window_end: float) -> Window:
@@ -303,6 +368,18 @@ class PrometheusSource:
     async def build_window(self, window_end: float) -> tuple[PromCycleReport, list[GoldenBatch]]:
         """All GoldenBatches of the window ending at ``window_end``, or a skip report.
 
+        From the recording rules when ``prometheus.recorded`` asks for them and
+        they are loaded (:meth:`_build_recorded`), else from raw series.
+        """
+        if self.rules is None:
+            return await self._build_raw(window_end)
+        return await self._build_recorded(window_end, self.rules)
+
+    async def _build_raw(
+        self, window_end: float, note: str | None = None
+    ) -> tuple[PromCycleReport, list[GoldenBatch]]:
+        """All GoldenBatches of the window from raw series, or a skip report.
+
         The family queries depend on the pods the info query sorts out
         (excluded, restarted, with new series). Rather than wait for it, the
         queries the previous window's pod sets imply are sent together with it:
@@ -313,7 +390,7 @@ class PrometheusSource:
         which answer belongs to which query.
         """
         started = time.perf_counter()
-        report = PromCycleReport(window_end=window_end)
+        report = PromCycleReport(window_end=window_end, recorded_note=note)
         budget = _Budget(time.monotonic() + self.deadline_seconds)
         w = self.window(window_end)
         sent: dict[str, asyncio.Task[Sequence[Row]]] = {}
@@ -332,18 +409,7 @@ class PrometheusSource:
                 send(q)
             report.guessed = len(guessed)
             info, new = await info_t, await new_t
-            cov = cover(
-                read_info([*info, *new], self.labels),
-                self.labels,
-                t1=w.t1,
-                window=w.seconds,
-                stale=self.pcfg.stale_after_seconds,
-            )
-            report.targets = len(cov.counted) + len(cov.down) + len(cov.left_out)
-            report.up = len(cov.counted)
-            report.down = [f"{t.pod}: {why}" for t, why in cov.down]
-            report.left_out = [f"{t.pod}: {why}" for t, why in cov.left_out]
-            report.restarted, report.new_series = len(cov.restarted), len(cov.new_series)
+            cov = self._cover(report, w, [*info, *new])
             reason = cov.skip_reason(w.t1, self.pcfg.selector)
             if reason is not None:
                 budget.close()
@@ -374,14 +440,26 @@ class PrometheusSource:
             await self._cancel(sent.values())
         report.queries = budget.queries
         report.attempts = budget.attempts
+        results = [(fam, r) for (fam, _), r in zip(plan, rows, strict=True)]
+        return await self._finish(report, cov, results, started)
+
+    async def _finish(
+        self,
+        report: PromCycleReport,
+        cov: Coverage,
+        results: Sequence[tuple[Family, Sequence[Row]]],
+        started: float,
+    ) -> tuple[PromCycleReport, list[GoldenBatch]]:
+        """Rows of every family → batches, off the event loop; the report completed."""
+        window_end = report.window_end
         f_started = time.perf_counter()
         folded = await asyncio.to_thread(
             fold,
             cov,
-            [(fam, r) for (fam, _), r in zip(plan, rows, strict=True)],
+            results,
             self.labels,
             window_end=window_end,
-            window_seconds=w.seconds,
+            window_seconds=self.cfg.window.seconds,
             cluster=self.cfg.cluster,
             collector=self.name,
             exclude_ports=self.cfg.collector.exclude_ports,
@@ -402,6 +480,205 @@ class PrometheusSource:
                 report.left_out[:5],
             )
         return report, folded.batches
+
+    def _cover(self, report: PromCycleReport, w: Window, info: Sequence[Row]) -> Coverage:
+        cov = cover(
+            read_info(info, self.labels),
+            self.labels,
+            t1=w.t1,
+            window=w.seconds,
+            stale=self.pcfg.stale_after_seconds,
+        )
+        report.targets = len(cov.counted) + len(cov.down) + len(cov.left_out)
+        report.up = len(cov.counted)
+        report.down = [f"{t.pod}: {why}" for t, why in cov.down]
+        report.left_out = [f"{t.pod}: {why}" for t, why in cov.left_out]
+        report.restarted, report.new_series = len(cov.restarted), len(cov.new_series)
+        return cov
+
+    # -- recorded mode ----------------------------------------------------------------------
+
+    async def _evaluations(
+        self, rules: RuleSet, window_end: float, budget: _Budget
+    ) -> tuple[dict[str, float], dict[str, str]] | None:
+        """Per rule, the instant of its evaluation that covered the window, or why there is none.
+
+        None when no rule of this fingerprint has written anything lately (not
+        loaded). A rule whose evaluation for the window is still to come is
+        polled for until the window's deadline; one whose later evaluations
+        exist without this window's was missed or failed (its rows are not used).
+        """
+        w = self.cfg.window.seconds
+        span = 2 * w
+        # An evaluation covers the window end t1 from t1 + delay to t1 + delay + w;
+        # [q - 2w, q] holds it, and holds only the evaluations of this and nearby windows.
+        latest = window_end + rules.settle_seconds + span
+        while True:
+            at = min(time.time(), latest)
+            rows = await self._query(rules.sentinel_query(span), at, budget)
+            if not rows:
+                return None
+            found: dict[str, float] = {}
+            missing: dict[str, str] = {}
+            newest: dict[str, float] = {}
+            for row in rows:
+                name = row["metric"].get("__name__", "")
+                for ts, v in row.get("values", ()):
+                    end = float(v)
+                    newest[name] = max(newest.get(name, end), end)
+                    if abs(end - window_end) < 1e-3:
+                        found[name] = float(ts)
+            pending = []
+            for rule in rules.rules:
+                if rule.record in found:
+                    continue
+                if newest.get(rule.record, -math.inf) > window_end or at >= latest:
+                    missing[rule.record] = "no evaluation of its rule for this window"
+                else:
+                    pending.append(rule.record)
+            if not pending:
+                return found, missing
+            if budget.deadline - time.monotonic() < 0.3:
+                for r in pending:
+                    missing[r] = "its rule had not been evaluated for this window in time"
+                return found, missing
+            await asyncio.sleep(0.2)
+
+    async def _build_recorded(
+        self, window_end: float, rules: RuleSet
+    ) -> tuple[PromCycleReport, list[GoldenBatch]]:
+        """The window from the recording rules' rows, exactly as the raw mode builds it.
+
+        The rules hold the raw queries with no pod named. Every workload with a
+        pod the raw mode would name as restarted, down or left out, or without
+        a workload label, is asked in the raw shape instead, restricted to that
+        workload's pods, and its rows from the rules are dropped
+        (:func:`~pipeline.collect.promwindow.raw_scope`). Latency series new in
+        the window are added from a query of their own (the rules' ``increase``
+        leaves them out, as the raw mode's does). A family whose rule
+        missed the window is asked raw whole (``auto``) or skips the window
+        (``on``). Rules not loaded: the raw mode (``auto``) or a skip (``on``).
+        """
+        started = time.perf_counter()
+        auto = self.pcfg.recorded == "auto"
+        budget = _Budget(time.monotonic() + self.deadline_seconds)
+        report = PromCycleReport(window_end=window_end, mode="recorded")
+        w = self.window(window_end)
+        sent: list[asyncio.Task[Sequence[Row]]] = []
+
+        def send(expr: str, at: float) -> asyncio.Task[Sequence[Row]]:
+            task = asyncio.create_task(self._query(expr, at, budget))
+            sent.append(task)
+            return task
+
+        try:
+            q_started = time.perf_counter()
+            evals = await self._evaluations(rules, window_end, budget)
+            if evals is None:
+                self._rules_seen = not auto
+                note = f"recording rules {rules.fingerprint} not found in Prometheus"
+                if auto:
+                    budget.close()
+                    return await self._build_raw(window_end, note)
+                report.queries, report.attempts = budget.queries, budget.attempts
+                return self._skip(report, note, started), []
+            self._rules_seen = True
+            found, missing = evals
+            if missing and not auto:
+                report.queries, report.attempts = budget.queries, budget.attempts
+                first = next(iter(missing.items()))
+                why = (
+                    f"{len(missing)} recording rule(s) without this window ({first[0]}: {first[1]})"
+                )
+                return self._skip(report, why, started), []
+            info_t = send(info_query(w), w.t1)
+            new_t = send(new_series_query(w), w.t1)
+            by_rule = {r.record: r for r in rules.rules}
+            reads = [
+                (by_rule[name], send(rules.read_query(by_rule[name]), te))
+                for name, te in found.items()
+            ]
+            info, new = await info_t, await new_t
+            cov = self._cover(report, w, [*info, *new])
+            reason = cov.skip_reason(w.t1, self.pcfg.selector)
+            if reason is not None:
+                budget.close()
+                report.queries, report.attempts = budget.queries, budget.attempts
+                return self._skip(report, reason, started), []
+            pods = _PodSets(
+                exclude=tuple(cov.excluded),
+                restarted=tuple(cov.restarted),
+                new_series=tuple(cov.new_series),
+                bare=tuple(cov.bare),
+            )
+            scope = raw_scope(cov)
+            report.raw_pods = len(scope.pods)
+            new_only = tuple(p for p in cov.new_series if p not in scope.pods)
+            whole = sorted({by_rule[name].family.name for name in missing})
+            report.raw_families = whole
+            if missing:
+                report.recorded_note = f"{len(missing)} rule(s) missed the window: raw {whole}"
+            raw: list[tuple[Family, _Take, asyncio.Task[Sequence[Row]]]] = []
+            for fam in self.families:
+                if fam.name in whole:
+                    for q in family_queries(pods.apply(w), fam):
+                        raw.append((fam, "all", send(q, w.t1)))
+                    continue
+                if scope:
+                    only = replace(pods.apply(w), only=tuple(sorted(scope.pods)))
+                    for q in family_queries(only, fam):
+                        raw.append((fam, "in", send(q, w.t1)))
+                if new_only:
+                    # (Its pod matcher also reads same-named pods elsewhere: rows of
+                    # workloads in scope are dropped, they come whole from raw.)
+                    for q in new_series_sums(replace(w, new_series=new_only), fam):
+                        raw.append((fam, "out", send(q, w.t1)))
+            results = await self._gather_recorded(window_end, reads, raw, scope, whole, report)
+            report.query_seconds = time.perf_counter() - q_started
+        except QueryError as exc:
+            budget.close()
+            report.queries, report.attempts = budget.queries, budget.attempts
+            return self._skip(report, f"Prometheus {self.pcfg.url}: {exc.reason}", started), []
+        except _NotCoveredError as exc:
+            budget.close()
+            report.queries, report.attempts = budget.queries, budget.attempts
+            return self._skip(report, str(exc), started), []
+        finally:
+            budget.close()
+            await self._cancel(sent)
+        report.queries, report.attempts = budget.queries, budget.attempts
+        return await self._finish(report, cov, results, started)
+
+    async def _gather_recorded(
+        self,
+        window_end: float,
+        reads: Sequence[tuple[RecordedRule, asyncio.Task[Sequence[Row]]]],
+        raw: Sequence[tuple[Family, _Take, asyncio.Task[Sequence[Row]]]],
+        scope: RawScope,
+        whole: Sequence[str],
+        report: PromCycleReport,
+    ) -> list[tuple[Family, Sequence[Row]]]:
+        results: list[tuple[Family, Sequence[Row]]] = []
+        for rule, task in reads:
+            rows = await task
+            if rule.family.name in whole:
+                continue  # another rule of the family missed the window: all of it raw
+            got = sentinel_of(rows)
+            if got is None or abs(got - window_end) > 1e-3:
+                # The evaluation the sentinel query named is not the one read: never
+                # use rows of another window.
+                raise _NotCoveredError(
+                    f"{rule.record}: evaluation read covers {got}, not the window"
+                )
+            kept = recorded_rows(rows, scope, self.labels)
+            report.recorded_rows += len(kept)
+            results.append((rule.family, kept))
+        for fam, take, task in raw:
+            rows = await task
+            if take != "all":
+                rows = scoped_rows(rows, scope, self.labels, inside=take == "in")
+            results.append((fam, rows))
+        return results
 
     @staticmethod
     async def _cancel(tasks: Iterable[asyncio.Task[Sequence[Row]]]) -> None:

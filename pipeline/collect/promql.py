@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 #: Label that carries the family name through arithmetic in shared queries.
@@ -336,6 +336,11 @@ class Window:
     restarted: tuple[PodId, ...] = ()  # every series counts in full (restarted, or new)
     new_series: tuple[PodId, ...] = ()  # have latency series that did not exist at t0
     bare: tuple[PodId, ...] = ()  # carry no workload label: their own workload
+    #: When set, every selector reads only these pods (same-named pods in other
+    #: namespaces too: rows are told apart by their labels afterwards). The
+    #: recorded mode asks the raw shape for the few workloads its rules cannot
+    #: answer exactly (see :func:`recording_rules`).
+    only: tuple[PodId, ...] = ()
 
     @property
     def t0(self) -> float:
@@ -373,6 +378,8 @@ def part_selector(w: Window, part: Part, extra: Iterable[str] = ()) -> str:
     if part.exclude_ports is not None:
         matchers += port_exclusion(w.exclude_ports, parent=part.exclude_ports == "parent")
     matchers += extra
+    if w.only:
+        matchers.append(w.pod_matcher(w.only))
     return w.select(part.metrics if len(part.metrics) > 1 else part.metrics[0], matchers)
 
 
@@ -552,3 +559,148 @@ def pods_vector(labels: Labels, selector: str, pods: Iterable[PodId]) -> str | N
         ms += [f"{labels.namespace}={quote(ns)}", f"{labels.pod}=~{quote(alt)}"]
         vectors.append(f"up{{{', '.join(ms)}}}")
     return " or ".join(vectors)
+
+
+# -- recording rules (prometheus.recorded) ------------------------------------------------
+
+#: Name prefix of every recorded series; the rest is ``<family>:<query index>``.
+RECORD_PREFIX = "meshwatch:window:"
+#: Label naming the rule set (a fingerprint of the rules), on every recorded row.
+RULES_LABEL = "mw_rules"
+#: Label of the one row every rule adds to its output: its value is the window end covered.
+SENTINEL_LABEL = "mw_sentinel"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRule:
+    """One recording rule: the window query of ``family`` it records, evaluated by Prometheus."""
+
+    record: str
+    group: str
+    family: Family
+    raw: str  # the raw family query it records (aligned window, no pod sets)
+    expr: str  # what Prometheus evaluates
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The recording rules for one window length, query settle delay and scrape job.
+
+    Why rules, and how a rule stays exact: the raw window query (:func:`family_queries`)
+    must run at an aligned window end ``t1`` and reads every series twice; a rule
+    is evaluated at its group's own instants ``te`` (an offset fixed by a hash of
+    the group's name), so each rule wraps the raw query in a one-point subquery
+    whose step is the window: ``last_over_time((Q)[w:w] offset d)`` evaluates
+    ``Q`` at exactly one aligned instant, ``g = floor((te - d) / w) * w`` (the
+    last multiple of ``w`` at or before ``te - d``). ``Q`` at ``g`` is the raw
+    window ending at ``g``, number for number. ``d`` is the collector's
+    ``query_delay_seconds``: scrapes started before ``g`` have landed by
+    ``te >= g + d``. With the group interval equal to ``w`` every window end is
+    covered by exactly one evaluation, made ``d`` to ``d + w`` seconds after it.
+
+    Each rule also writes one *sentinel* row (``mw_sentinel="1"``) whose value is
+    ``g``: the collector reads a rule's rows only at the evaluation whose sentinel
+    names the window, so a missed or failed evaluation (no sentinel) is seen and
+    never mistaken for zeros. Every row carries ``mw_rules=<fingerprint>``: rules
+    written for another window, delay, selector or label set are not used.
+    """
+
+    window_seconds: float
+    settle_seconds: float
+    fingerprint: str
+    rules: tuple[RecordedRule, ...]
+
+    def to_yaml_obj(self) -> dict[str, object]:
+        """The ``groups:`` document Prometheus loads (one group per rule: they run in parallel)."""
+        interval = duration(self.window_seconds)
+        return {
+            "groups": [
+                {
+                    "name": r.group,
+                    "interval": interval,
+                    "rules": [{"record": r.record, "expr": r.expr}],
+                }
+                for r in self.rules
+            ]
+        }
+
+    def sentinel_query(self, span_seconds: float) -> str:
+        """Every rule's sentinel samples of the last ``span_seconds`` (a range: with timestamps)."""
+        sel = (
+            f"{{__name__=~{quote(regex_escape(RECORD_PREFIX) + '.+')}, "
+            f'{SENTINEL_LABEL}="1", {RULES_LABEL}={quote(self.fingerprint)}}}'
+        )
+        return f"{sel}[{duration(span_seconds)}]"
+
+    def read_query(self, rule: RecordedRule) -> str:
+        """The rows one evaluation wrote, asked at that evaluation's instant.
+
+        A 1 ms range keeps only samples stamped exactly then (evaluations are a
+        window apart; closed or left-open ranges alike), so series written by an
+        earlier evaluation, or before a Prometheus restart, are never read.
+        """
+        return f"last_over_time({rule.record}{{{RULES_LABEL}={quote(self.fingerprint)}}}[1ms])"
+
+
+def _fingerprint(parts: Iterable[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def recording_rules(
+    template: Window, families: Sequence[Family], *, settle_seconds: float
+) -> RuleSet:
+    """The rule set for ``template``'s window length, selector, labels and ports.
+
+    ``template``'s pod sets and end time are ignored: a rule records the raw
+    query of an aligned window with no pods named (the collector asks the raw
+    shape itself for the workloads that have such pods).
+    """
+    w = replace(
+        template,
+        t1=template.seconds * 1000,
+        exclude=(),
+        restarted=(),
+        new_series=(),
+        bare=(),
+        only=(),
+    )
+    assert w.aligned
+    step, delay = duration(w.seconds), duration(settle_seconds) if settle_seconds > 0 else "0s"
+    raws = [(fam, i, q) for fam in families for i, q in enumerate(family_queries(w, fam))]
+    fp = _fingerprint([step, delay, *(q for _, _, q in raws)])
+    end = f"floor(vector(time() - {settle_seconds:g}) / {w.seconds:g}) * {w.seconds:g}"
+    sentinel = f'label_replace({end}, "{SENTINEL_LABEL}", "1", "", "")'
+    rules = []
+    for fam, i, q in raws:
+        record = f"{RECORD_PREFIX}{fam.name}:{i}"
+        at_window = f"last_over_time(({q})[{step}:{step}] offset {delay})"
+        expr = f'label_replace({at_window} or {sentinel}, "{RULES_LABEL}", {quote(fp)}, "", "")'
+        group = f"meshwatch-window-{fam.name}-{i}"
+        rules.append(RecordedRule(record, group, fam, q, expr))
+    return RuleSet(w.seconds, settle_seconds, fp, tuple(rules))
+
+
+def new_series_sums(w: Window, family: Family) -> list[str]:
+    """For a per-workload family: only the series new since ``t0`` of ``w.new_series`` pods.
+
+    What :func:`increase_parts` adds to the bare ``increase`` for those pods; the
+    recorded mode adds it to a rule's rows (which hold that ``increase``)
+    instead of asking the pods' whole workload raw.
+    """
+    if family.level != "workload" or not w.new_series:
+        return []
+    out = []
+    bare = replace(w, restarted=(), exclude=(), only=())
+    for part in family.parts:
+        for metric in part.metrics:
+            one = Part((metric,), part.matchers, part.by, part.exclude_ports)
+            sel = part_selector(bare, one, [w.pod_matcher(w.new_series)])
+            q = f"sum by ({sum_labels(w, one, False)}) ({sel} unless {sel} offset {w.offset})"
+            out.append(f"{q} > 0" if family.positive_only else q)
+    return out

@@ -36,7 +36,14 @@ from typing import Any
 from pipeline.collect.exposition import Sample
 from pipeline.collect.extract import PodCounters, extract
 from pipeline.collect.golden import build_batches
-from pipeline.collect.promql import INFO_LABEL, NAME_LABEL, Family, Labels
+from pipeline.collect.promql import (
+    INFO_LABEL,
+    NAME_LABEL,
+    RULES_LABEL,
+    SENTINEL_LABEL,
+    Family,
+    Labels,
+)
 from pipeline.collect.targets import Target
 from pipeline.schema import GoldenBatch
 
@@ -252,3 +259,84 @@ def fold(
         collector=collector,
     )
     return out
+
+
+# -- recorded mode: which rows come from the rules, which from raw queries ---------------------
+
+WorkloadKey = tuple[str, str, str]  # (namespace, kind, name)
+
+
+@dataclass(frozen=True, slots=True)
+class RawScope:
+    """Pods (whole workloads) whose rows the recorded mode takes from raw queries.
+
+    A recording rule holds the raw window query with no pod named in it, so it
+    is exact for a workload only if every pod of it is counted plainly:
+    not restarted, scraped at both ends, carrying a workload label (latency
+    series new in the window are added by a query of their own). Any other
+    pod takes its whole workload to the raw shape (which names those pods, as
+    the raw mode does); the rules' rows of those pods and workloads are dropped.
+    """
+
+    pods: frozenset[PodId] = frozenset()
+    workloads: frozenset[WorkloadKey] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.pods)
+
+
+def _key(t: Target) -> WorkloadKey:
+    return (t.namespace, t.kind, t.workload)
+
+
+def raw_scope(cov: Coverage) -> RawScope:
+    targets: dict[PodId, Target] = dict(cov.counted)
+    for t, _ in (*cov.down, *cov.left_out):
+        targets[(t.namespace, t.pod)] = t
+    # (Pods with new latency series only need those series added: see new_series_sums.)
+    odd = {*cov.restarted, *cov.excluded, *cov.bare}
+    workloads = frozenset(_key(targets[p]) for p in odd if p in targets)
+    pods = frozenset(p for p, t in targets.items() if _key(t) in workloads)
+    return RawScope(pods, workloads)
+
+
+def _owned(metric: Mapping[str, str], scope: RawScope, labels: Labels) -> bool | None:
+    """Whether a row belongs to ``scope`` (None: a row of no pod or workload)."""
+    ns = metric.get(labels.namespace, "")
+    pod = metric.get(labels.pod)
+    if pod is not None:
+        return (ns, pod) in scope.pods
+    wl = workload_of(metric, labels)
+    if wl is None:
+        return None
+    return (ns, *wl) in scope.workloads
+
+
+def sentinel_of(rows: Iterable[Row]) -> float | None:
+    """The window end a rule's evaluation says it covered (its sentinel row), if any."""
+    for row in rows:
+        if SENTINEL_LABEL in row["metric"]:
+            return row_value(row)
+    return None
+
+
+def recorded_rows(rows: Iterable[Row], scope: RawScope, labels: Labels) -> list[Row]:
+    """A rule's rows without its sentinel, its fingerprint label and the rows of ``scope``."""
+    out: list[Row] = []
+    for row in rows:
+        metric = row["metric"]
+        if SENTINEL_LABEL in metric or _owned(metric, scope, labels):
+            continue
+        clean = {k: v for k, v in metric.items() if k != RULES_LABEL}
+        out.append({"metric": clean, "value": row["value"]})
+    return out
+
+
+def scoped_rows(
+    rows: Iterable[Row], scope: RawScope, labels: Labels, *, inside: bool = True
+) -> list[Row]:
+    """The rows of a pod-restricted raw query that are (``inside``) or are not in ``scope``.
+
+    A pod matcher also reads same-named pods of other namespaces.
+    """
+    return [row for row in rows if bool(_owned(row["metric"], scope, labels)) == inside]
