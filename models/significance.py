@@ -55,10 +55,23 @@ def _where_events(
     return out
 
 
-def poisson_drop_surprise(k: npt.ArrayLike, lam: npt.ArrayLike) -> FloatArray:
-    """1 − P(X ≤ k) for X ~ Poisson(lam): near 1 when k is far below lam."""
+def poisson_drop_surprise(
+    k: npt.ArrayLike, lam: npt.ArrayLike, where: BoolArray | None = None
+) -> FloatArray:
+    """1 − P(X ≤ k) for X ~ Poisson(lam): near 1 when k is far below lam.
+
+    ``where``: only those elements are computed, the others are 0.
+    """
     k_a = np.asarray(k, dtype=np.float64)
     lam_a = np.maximum(np.asarray(lam, dtype=np.float64), 1e-9)
+    if where is not None:
+        k_a, lam_a = np.broadcast_arrays(k_a, lam_a)
+        out = np.zeros(k_a.shape)
+        if where.all():
+            out[...] = poisson_drop_surprise(k_a, lam_a)
+        elif where.any():
+            out[where] = poisson_drop_surprise(k_a[where], lam_a[where])
+        return out
     return np.asarray(1.0 - stats.poisson.cdf(k_a, lam_a), dtype=np.float64)
 
 
