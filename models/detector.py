@@ -614,7 +614,7 @@ class RouteDetector:
         zr = np.nan_to_num(z[:, LREQ])
         drop_score = np.where(
             judged,
-            np.minimum(poisson_drop_surprise(o.requests, expected), normal_score(-zr)),
+            np.minimum(poisson_drop_surprise(o.requests, expected, judged), normal_score(-zr)),
             0.0,
         )
         drop = judged & (drop_score >= p.traffic_threshold)
@@ -622,7 +622,11 @@ class RouteDetector:
         judged_up = warm[:, LREQ] & np.isfinite(o.requests) & (o.requests >= p.min_requests)
         surge_score = np.where(
             judged_up,
-            np.minimum(poisson_surprise(o.requests, np.maximum(expected, 0.5)), normal_score(zr)),
+            np.minimum(
+                # only judged windows' tails (k = 0 scores 0 without work)
+                poisson_surprise(np.where(judged_up, o.requests, 0.0), np.maximum(expected, 0.5)),
+                normal_score(zr),
+            ),
             0.0,
         )
         surge = judged_up & (surge_score >= p.traffic_threshold)
