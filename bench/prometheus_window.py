@@ -224,6 +224,12 @@ async def run(args: argparse.Namespace) -> int:
                     if recorded is not None:
                         await one_window("rec", recorded, last, pid)
                     await asyncio.sleep(max(0.0, last + 2 * args.window + settle - time.time()))
+                if recorded is not None:
+                    # The latest window every rule evaluated (a loaded machine misses some).
+                    covered = await asyncio.to_thread(covered_end, recorded, 600.0)
+                    print(f"latest window every rule covered: {covered} (last built: {last})")
+                    if covered is not None:
+                        last = covered
                 # Quiet: no more scrapes (stored data stays), no more simulator work, and
                 # no more rule evaluations (their stored results stay).
                 await asyncio.to_thread(prom.reload, (), [])
@@ -299,6 +305,20 @@ async def load_rules(
         f"{m1['group_max_s']:.2f} s) per {args.window:g}s interval; {evals:.0f} evaluations "
         f"measured, mean {per_eval:.3f} s; iterations missed so far: {m1['missed']:.0f}"
     )
+
+
+def covered_end(source: PrometheusSource, span: float) -> float | None:
+    """The latest window end whose evaluation every rule wrote (from the sentinels)."""
+    assert source.rules is not None
+    rows = source.client.query(source.rules.sentinel_query(span), time.time(), 600.0)
+    ends: dict[str, set[float]] = {}
+    for row in rows:
+        name = row["metric"].get("__name__", "")
+        ends.setdefault(name, set()).update(float(v) for _, v in row.get("values", ()))
+    if len(ends) < len(source.rules.rules):
+        return None
+    common = set.intersection(*ends.values())
+    return max(common) if common else None
 
 
 async def rules_as_queries(source: PrometheusSource, end: float, pid: int | None) -> None:

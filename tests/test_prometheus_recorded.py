@@ -44,10 +44,13 @@ from pipeline.simulate import SimulatedMesh
 from pipeline.simulate.prometheus import LocalPrometheus, PrometheusError, find_prometheus
 from tests.test_prometheus_source import (
     FAULTS,
+    T1,
     GateClock,
     _sleep_until,
     assert_same_batches,
+    info_rows,
     mixed_mesh,
+    steady,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +156,94 @@ def test_odd_pods_take_their_whole_workload_to_raw_rows() -> None:
     assert [float(x["value"][1]) for x in kept] == [4, 6, 7]
     assert all(RULES_LABEL not in x["metric"] for x in kept)
     assert [float(x["value"][1]) for x in scoped_rows(rows, scope, LABELS)] == [3, 5]
+
+
+class ScriptedPrometheus:
+    """Answers the recorded mode's queries from a script (decisions only; no PromQL run).
+
+    Sentinels: every rule evaluated for ``T1`` at ``T1 + 3`` except ``missing`` (whose
+    later evaluation exists). A rule read answers its sentinel and one row of
+    ``web``; the info query says the pods of ``pods``; raw queries answer nothing
+    and are kept in ``raw``.
+    """
+
+    def __init__(self, pods: dict[str, dict[str, Any]], missing: tuple[str, ...] = ()) -> None:
+        self.pods = pods
+        self.missing = missing
+        self.raw: list[str] = []
+        self.read_at: dict[str, float] = {}
+
+    def query(self, expr: str, at: float, timeout: float) -> list[dict[str, Any]]:
+        rules = rules_for(make_cfg(window=10.0, query_delay_seconds=2.0))
+        if expr.startswith("{__name__=~"):
+            out = []
+            for r in rules.rules:
+                ends = [(T1 + 13, T1 + 10)] if r.record in self.missing else [(T1 + 3, T1)]
+                out.append(
+                    {"metric": {"__name__": r.record}, "values": [[t, str(e)] for t, e in ends]}
+                )
+            return out
+        if '"mw_info", "up"' in expr:
+            return info_rows(self.pods)
+        if expr.startswith("last_over_time(meshwatch:window:"):
+            record = expr.split("(", 1)[1].split("{", 1)[0]
+            self.read_at[record] = at
+            sentinel = {"metric": {SENTINEL_LABEL: "1"}, "value": [at, str(T1)]}
+            row = {
+                "metric": {"namespace": "shop", "pod": "web-0", "direction": "inbound"},
+                "value": [at, "1"],
+            }
+            return [sentinel, row]
+        if "mw_info" not in expr:
+            self.raw.append(expr)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def scripted(mode: str, client: ScriptedPrometheus) -> PrometheusSource:
+    cfg = make_cfg(window=10.0, query_delay_seconds=2.0, recorded=mode)
+    return PrometheusSource(cfg, client=client, deadline_seconds=5.0)
+
+
+def test_rules_are_read_at_their_evaluation_and_odd_pods_go_raw() -> None:
+    pods = {"web-0": steady(), "web-1": steady(start=T1 - 5, start0=T1 - 86400)}
+    client = ScriptedPrometheus(pods)
+    src = scripted("on", client)
+    rep, batches = asyncio.run(src.build_window(T1))
+    asyncio.run(src.aclose())
+    assert rep.skipped is None and rep.mode == "recorded" and rep.raw_families == []
+    assert set(client.read_at.values()) == {T1 + 3}  # each rule at the evaluation named T1
+    assert rep.restarted == 1 and rep.raw_pods == 2  # web-1 restarted: all of web raw
+    assert client.raw and all('pod=~"web-0|web-1"' in q for q in client.raw)
+    assert rep.recorded_rows == 0  # web's rows from the rules were dropped
+    assert [b.pods_up for b in batches] == [("web-0", "web-1")]
+    client = ScriptedPrometheus({"web-0": steady(), "web-1": steady()})
+    src = scripted("on", client)
+    rep, _ = asyncio.run(src.build_window(T1))
+    asyncio.run(src.aclose())
+    assert rep.raw_pods == 0 and client.raw == [] and rep.recorded_rows > 0
+
+
+def test_a_missed_evaluation_is_raw_in_auto_and_a_skip_in_on() -> None:
+    pods = {"web-0": steady(), "web-1": steady()}
+    rule = "meshwatch:window:route_response_latency_ms_bucket:0"
+    client = ScriptedPrometheus(pods, missing=(rule,))
+    src = scripted("on", client)
+    rep, batches = asyncio.run(src.build_window(T1))
+    asyncio.run(src.aclose())
+    assert batches == [] and rep.skipped is not None and rule in rep.skipped
+    client = ScriptedPrometheus(pods, missing=(rule,))
+    src = scripted("auto", client)
+    rep, _ = asyncio.run(src.build_window(T1))
+    asyncio.run(src.aclose())
+    assert rep.skipped is None and rep.raw_families == ["route_response_latency_ms_bucket"]
+    # The whole family raw (its other rule's rows are not used), nothing else.
+    fam = next(f for f in golden_families() if f.name == "route_response_latency_ms_bucket")
+    raw_of_family = family_queries(scripted("off", client).window(T1), fam)
+    assert sorted(client.raw) == sorted(raw_of_family)
+    assert rule not in client.read_at
 
 
 # -- 2. the real Prometheus --------------------------------------------------------------
