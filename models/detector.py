@@ -709,12 +709,16 @@ class RouteDetector:
         if seasonal:
             self._learn_season(rows, sbin, x[:, LREQ] - b.level[rows, LREQ], learn[:, LREQ], o)
 
-        # Evidence ring: newest value at the end.
-        self.evidence[rows] = np.roll(self.evidence[rows], -1, axis=2)
-        self.evidence_t[rows] = np.roll(self.evidence_t[rows], -1, axis=1)
-        self.evidence_t[rows, -1] = o.window_end
-        for ki, k in enumerate(KINDS):
-            self.evidence[rows, ki, -1] = out[k].observed
+        # Evidence ring: newest value at the end (shifted in a gathered copy,
+        # written back once).
+        evidence = self.evidence[rows]
+        evidence[:, :, :-1] = evidence[:, :, 1:]
+        evidence[:, :, -1] = np.stack([out[k].observed for k in KINDS], axis=1)
+        self.evidence[rows] = evidence
+        evidence_t = self.evidence_t[rows]
+        evidence_t[:, :-1] = evidence_t[:, 1:]
+        evidence_t[:, -1] = o.window_end
+        self.evidence_t[rows] = evidence_t
         self.windows[rows] += 1
         self.last_window[rows] = o.window_end
         return out
@@ -791,18 +795,21 @@ class RouteDetector:
             young &= (sbin >= per) & np.isfinite(resid)
             ok |= young
             beta = np.where(young, np.maximum(beta, 1.0 - 0.5 ** (1.0 / per_bin)), beta)
-        cur = self.season[rows, sbin]
+        # the rows' profiles gathered once and written back once (rows are
+        # unique within a round)
+        season = self.season[rows]
+        at = np.arange(rows.size)
+        cur = season[at, sbin]
         step = np.clip(np.nan_to_num(resid) - cur, -1.0, 1.0)
-        self.season[rows, sbin] = np.where(ok, cur + beta * step, cur)
+        season[at, sbin] = np.where(ok, cur + beta * step, cur)
         # keep the profile centred so the level carries the mean (over a week:
         # five weekdays and two weekend days; weekends may sit below weekdays)
         if season_split(p):
-            week = (
-                self.season[rows, :per].mean(axis=1) * 5 + self.season[rows, per:].mean(axis=1) * 2
-            )
-            self.season[rows] -= (week / 7.0)[:, None]
+            week = season[:, :per].mean(axis=1) * 5 + season[:, per:].mean(axis=1) * 2
+            season -= (week / 7.0)[:, None]
         else:
-            self.season[rows] -= self.season[rows].mean(axis=1, keepdims=True)
+            season -= season.mean(axis=1, keepdims=True)
+        self.season[rows] = season
 
     def _verdict(
         self,
