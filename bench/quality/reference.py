@@ -23,18 +23,33 @@ one-minute group and made the reference look weaker than it is).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from events import Alert
 
-from pipeline.schema import GoldenSample
+
+class SampleLike(Protocol):
+    """What the static rules read of a GoldenSample."""
+
+    @property
+    def route_key(self) -> str: ...
+    @property
+    def window_end(self) -> float: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def successes(self) -> int: ...
+    @property
+    def p99_ms(self) -> float | None: ...
+
 
 SR_BOUND = 0.95
 P99_BOUND_MS = 1000.0
 FOR_WINDOWS = 3
 
 
-def static_rule_alerts(samples: Sequence[GoldenSample]) -> list[Alert]:
+def static_rule_alerts(samples: Sequence[SampleLike]) -> list[Alert]:
     """Alerts of the static rule set over time-ordered samples of many routes."""
     streak: dict[tuple[str, str], int] = {}
     open_at: dict[tuple[str, str], float] = {}

@@ -217,3 +217,80 @@ def runs() -> list[Run]:
         Run("quiet", [], 720, seed=25, tags=("quiet",)),
     ]
     return out
+
+
+#: Length of each long normal-traffic run (simulated hours) and how many of each shape.
+LONG_HOURS = 8.0
+#: Inbound routes a long deploy run shifts, one after another (each keeps its shift).
+_SHIFT_TARGETS = (
+    ("shop", "api", "GET /api/items", 2.0),
+    ("data", "db", "GET /rows", 2.5),
+    ("shop", "front", "GET /items", 1.8),
+    ("shop", "auth", "POST /auth/check", 2.2),
+    ("data", "db", "PUT /rows", 1.6),
+    ("shop", "api", "POST /api/orders", 3.0),
+    ("pool", "worker", "POST /jobs", 2.0),
+    ("shop", "front", "GET /", 1.5),
+)
+
+
+def _long_blips(hours: float, k: int) -> list[dict[str, Any]]:
+    """One must-not-alert hiccup every five minutes, rotating over kinds and targets."""
+    shapes = [
+        lambda t: _f("blip", _t("shop", "front", route="GET /"), t, 10, 10.0),
+        lambda t: _f(
+            "error_burst",
+            _t("shop", "api", route="POST /api/orders"),
+            t,
+            10,
+            0.5,
+            expect="no_alert",
+        ),
+        lambda t: _f("blip", _t("pool", "worker"), t, 10, 8.0),
+        lambda t: _f("blip", _t("data", "db", route="PUT /rows"), t, 10, 10.0),
+        lambda t: _f("traffic_drop", _t("shop", "front"), t, 10, 0.0, expect="no_alert"),
+        lambda t: _f("blip", _t("shop", "auth"), t, 10, 6.0),
+        lambda t: _f(
+            "error_burst", _t("data", "db", route="GET /rows"), t, 10, 0.4, expect="no_alert"
+        ),
+    ]
+    n = int((hours * 3600 - WARMUP_SECONDS - 600) // 300)
+    return [shapes[(i + k) % len(shapes)](300.0 * i) for i in range(n)]
+
+
+def _long_shifts(hours: float, k: int) -> list[dict[str, Any]]:
+    """A deploy shift every 50 minutes on another route; each stays to the end of the run."""
+    total = hours * 3600 - WARMUP_SECONDS
+    out = []
+    for i in range(min(int(total // 3000), len(_SHIFT_TARGETS))):
+        ns, wl, route, m = _SHIFT_TARGETS[(i + k) % len(_SHIFT_TARGETS)]
+        start = 3000.0 * i
+        out.append(_f("deploy_shift", _t(ns, wl, route=route), start, total - start, m))
+    return out
+
+
+def long_runs(hours: float = LONG_HOURS) -> list[Run]:
+    """Hours of normal traffic, for the false-alert rate (``--long``).
+
+    The short runs above give ~320 normal route-hours: too few to show a
+    rate of ≤ 1 false alert per 1,000. These are the same mesh and the same
+    must-not-alert shapes, for longer: compressed two-hour and six-hour days,
+    a deploy shift every 50 minutes that stays, a blip every five minutes,
+    and plain traffic, each with seeds of its own.
+    """
+    w = int(hours * 3600 / 10)
+    quiet = ("quiet", "long")
+    out = [
+        Run(f"long-daily-{k}", [], w, seed=100 + k, day_seconds=7200.0, tags=quiet)
+        for k in range(4)
+    ]
+    out += [
+        Run(f"long-daily6h-{k}", [], w, seed=110 + k, day_seconds=21600.0, tags=quiet)
+        for k in range(2)
+    ]
+    out += [Run(f"long-deploy-{k}", _long_shifts(hours, k), w, seed=120 + k, tags=quiet)
+            for k in range(3)]  # fmt: skip
+    out += [Run(f"long-blips-{k}", _long_blips(hours, k), w, seed=130 + k, tags=quiet)
+            for k in range(3)]  # fmt: skip
+    out += [Run(f"long-quiet-{k}", [], w, seed=140 + k, tags=quiet) for k in range(6)]
+    return out
