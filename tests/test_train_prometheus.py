@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 import yaml
+from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from models.registry import Registry
 from pipeline.cli import main
@@ -39,7 +41,7 @@ from pipeline.simulate.topology import default_demo_mesh
 from pipeline.train import simulated
 from pipeline.train.dataset import DatasetBuilder
 from pipeline.train.job import EXIT_NO_DATA, EXIT_PUBLISHED
-from pipeline.train.prometheus_history import PrometheusHistory
+from pipeline.train.prometheus_history import HistoryUnavailableError, PrometheusHistory
 
 WINDOW = 1.0
 SPEED = 4.0  # simulated seconds per wall second: enough requests in a one-second window
@@ -254,3 +256,52 @@ def test_unreachable_prometheus_is_no_data_after_retries(
     assert code == EXIT_NO_DATA
     assert url in out and "unreachable" in out and "after 3 attempts" in out, out
     assert time.monotonic() - t0 < 30
+
+
+class SlowForLongRanges:
+    """A Prometheus stand-in that times out on ranges of more than ``limit`` steps
+    and has no data otherwise (unit test of the chunk halving)."""
+
+    def __init__(self, limit: int, status: int | None = None) -> None:
+        self.limit, self.status = limit, status
+        self.ranges: list[int] = []
+
+    def query_range(
+        self, expr: str, start: float, end: float, step: float, timeout: float
+    ) -> list[dict[str, Any]]:
+        steps = round((end - start) / step) + 1
+        self.ranges.append(steps)
+        if self.status is not None:
+            raise PrometheusApiClientException(f"HTTP Status Code {self.status} (b'bad query')")
+        if steps > self.limit:
+            raise requests.ReadTimeout("read timed out")
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_range_too_slow_for_prometheus_is_halved_until_it_answers(tmp_path: Path) -> None:
+    _, cfg = _config("http://127.0.0.1:9", tmp_path, prometheus_history={"chunk_seconds": 16.0})
+    client = SlowForLongRanges(limit=4)
+    hist = PrometheusHistory(cfg, client=client)
+    try:
+        got = list(hist.batches(1000.0, 1032.0))
+    finally:
+        hist.close()
+    assert got == []  # no data anywhere: every window a gap
+    assert hist.stats.windows == 32 and hist.stats.skipped == 32
+    assert hist.stats.chunk_windows == 4 and hist.stats.splits >= 2
+    assert max(client.ranges[1:]) == 16 and client.ranges[-1] == 4  # later chunks start small
+
+
+def test_a_query_prometheus_rejects_is_not_retried(tmp_path: Path) -> None:
+    _, cfg = _config("http://127.0.0.1:9", tmp_path)
+    client = SlowForLongRanges(limit=100, status=400)
+    hist = PrometheusHistory(cfg, client=client)
+    try:
+        with pytest.raises(HistoryUnavailableError, match=r"refused a query.*400"):
+            list(hist.batches(1000.0, 1010.0))
+    finally:
+        hist.close()
+    assert len(client.ranges) == 1

@@ -72,6 +72,10 @@ class HistoryUnavailableError(Exception):
     """Prometheus could not give the history (unreachable, or it refused a query)."""
 
 
+class _TooSlowError(Exception):
+    """A range query of several steps that Prometheus could not answer in time."""
+
+
 class RangeClient(Protocol):
     def query_range(
         self, expr: str, start: float, end: float, step: float, timeout: float
@@ -112,6 +116,8 @@ class PromRangeClient:
             start_time=datetime.fromtimestamp(start, UTC),
             end_time=datetime.fromtimestamp(end, UTC),
             step=f"{step:g}",
+            # Prometheus gives up when we do, rather than evaluate on for nobody
+            params={"timeout": f"{timeout:g}s"},
             timeout=timeout,  # type: ignore[arg-type]  # the library annotates int
         )
         if not isinstance(result, list):
@@ -134,7 +140,8 @@ class HistoryStats:
     retries: int = 0
     samples: int = 0
     shards: int = 0
-    chunk_windows: int = 0
+    chunk_windows: int = 0  # windows per range query (after any halving)
+    splits: int = 0  # chunks halved because Prometheus was too slow for them
     skip_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -172,6 +179,7 @@ class PrometheusHistory:
         self.url = str(cfg.prometheus.url)
         self.stats = HistoryStats()
         self._sources: dict[str, PrometheusSource] = {}
+        self._steps = 1
         self._pool = ThreadPoolExecutor(
             max_workers=cfg.prometheus.concurrency, thread_name_prefix="meshwatch-promrange"
         )
@@ -222,23 +230,33 @@ class PrometheusHistory:
     # -- requests --------------------------------------------------------------------------
 
     def _request(self, expr: str, start: float, end: float, step: float) -> list[Series]:
-        """One range query, retried with doubling backoff; HistoryUnavailableError at the end."""
+        """One range query, retried with doubling backoff; HistoryUnavailableError at the end.
+
+        A query of several steps that times out (or that Prometheus finds too
+        large) raises :class:`_TooSlowError` at once: the caller halves the
+        time range rather than send the same query again.
+        """
         h = self.hcfg
         backoff = h.backoff_seconds
         last = ""
+        several = end > start
         for attempt in range(1, h.max_attempts + 1):
             self.stats.requests += 1
             try:
                 return self.client.query_range(expr, start, end, step, h.timeout_seconds)
             except PrometheusApiClientException as exc:
                 text = " ".join(str(exc).split())[:300]
+                if several and ("Code 503" in text or "too many samples" in text):
+                    raise _TooSlowError(text) from exc
                 status = next((s for s in _RETRYABLE if f"Code {s}" in text), None)
                 if status is None:
                     raise HistoryUnavailableError(
                         f"Prometheus {self.url} refused a query: {text}"
                     ) from exc
                 last = f"HTTP {status}"
-            except requests.Timeout:
+            except requests.Timeout as exc:
+                if several:
+                    raise _TooSlowError(str(exc)) from exc
                 last = f"no answer within {h.timeout_seconds:g}s"
             except requests.ConnectionError as exc:
                 last = f"unreachable ({type(exc).__name__}: {str(exc)[:160]})"
@@ -266,12 +284,31 @@ class PrometheusHistory:
             return
         shards = self.shards(since, until)
         self.stats.shards = len(shards)
-        step_n = max(1, int(self.hcfg.chunk_seconds // self.window))
-        self.stats.chunk_windows = step_n
-        for i in range(0, len(ends), step_n):
-            chunk = ends[i : i + step_n]
+        self._steps = max(1, int(self.hcfg.chunk_seconds // self.window))
+        self.stats.chunk_windows = self._steps
+        i = 0
+        while i < len(ends):
+            chunk = ends[i : i + self._steps]
             for selector in shards:
-                yield list(self._chunk(selector, chunk))
+                yield from self._adaptive(selector, chunk)
+            i += len(chunk)
+
+    def _adaptive(
+        self, selector: str, ends: Sequence[float]
+    ) -> Iterator[list[tuple[float, list[GoldenBatch]]]]:
+        """One chunk of one shard; halved (and later chunks shorter) while too slow."""
+        try:
+            yield list(self._chunk(selector, ends))  # every answer is in before a window is built
+        except _TooSlowError as exc:
+            if len(ends) == 1:  # pragma: no cover - a one-step query is not _TooSlowError
+                raise HistoryUnavailableError(f"Prometheus {self.url}: {exc}") from exc
+            half = len(ends) // 2
+            self._steps = min(self._steps, half)
+            self.stats.chunk_windows = self._steps
+            self.stats.splits += 1
+            log.info("range query too slow for %d windows: trying %d", len(ends), half)
+            yield from self._adaptive(selector, ends[:half])
+            yield from self._adaptive(selector, ends[half:])
 
     def batches(self, since: float, until: float) -> Iterator[tuple[float, list[GoldenBatch]]]:
         for chunk in self.chunks(since, until):
@@ -287,7 +324,11 @@ class PrometheusHistory:
         futures = [
             self._pool.submit(self._request, q, ends[0], ends[-1], self.window) for q in exprs
         ]
-        answers = [f.result() for f in futures]
+        try:
+            answers = [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()  # after a failure: the chunk's queries not yet sent are not sent
         per_step = [_by_step(a) for a in answers]
         labels = src.labels
         pcfg = self.cfg.prometheus
@@ -381,7 +422,8 @@ def prometheus_chunks(
     finally:
         hist.close()
         if stats is not None:
-            for k in ("windows", "built", "skipped", "rebuilt", "requests", "retries", "shards"):
+            keys = ("windows", "built", "skipped", "rebuilt", "requests", "retries", "shards")
+            for k in (*keys, "splits", "chunk_windows"):
                 stats[f"prometheus_{k}"] = int(getattr(hist.stats, k))
         if hist.stats.skipped:
             log.warning(
