@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import skops.io as sio
 
 from models.detector import DetectorParams, RouteDetector
 from models.features import FEATURE_NAMES, kind_columns
 from models.learned import LEARNED_KINDS, ROUTE_CLASSES, LearnedModel, ModelError, fit, route_class
-from models.registry import DEFAULT_DIR, Loaded, allowed, load_dir, types_in, write_dir
+from models.registry import (
+    DEFAULT_DIR,
+    MANIFEST,
+    MODEL_FILE,
+    Loaded,
+    allowed,
+    build_manifest,
+    load_dir,
+    types_in,
+    write_dir,
+)
 from pipeline.detect.scoring import ModelScoring
 from pipeline.train.dataset import Dataset
 from pipeline.train.evaluate import evaluate
@@ -130,20 +143,42 @@ def test_per_route_parameters_survive_the_registry(trained: LearnedModel, tmp_pa
     assert np.array_equal(a, b)
 
 
-def test_an_artifact_without_per_route_parameters_still_loads_and_scores() -> None:
-    if not (DEFAULT_DIR / "manifest.json").exists():
-        pytest.skip("no shipped default artifact")
-    default = load_dir(DEFAULT_DIR)
-    m = default.model
-    if m.offsets is not None:
-        pytest.skip("the shipped default has been rebuilt with per-route parameters")
-    x = np.random.default_rng(0).normal(0, 1, (20, len(FEATURE_NAMES)))
-    judged = {k: np.ones(20, dtype=np.bool_) for k in m.kinds}
-    plain = m.score(x, judged)
-    with_idx = m.score(x, judged, m.param_index([NOISY] * 20))
-    for k in m.kinds:
-        assert np.array_equal(plain[k], with_idx[k])
-        assert ((plain[k] >= 0) & (plain[k] <= 1)).all()
+def _old_format(model: LearnedModel, where: Path) -> None:
+    """An artifact as written before per-route parameters (no keys, no offsets)."""
+    payload = {"estimators": dict(model.estimators), "reference": dict(model.reference)}
+    data = bytes(sio.dumps(payload, compression=zipfile.ZIP_DEFLATED))
+    manifest = build_manifest("default", model, {MODEL_FILE: data}, training={}, metrics={},
+                              false_alert_budget=BUDGET)  # fmt: skip
+    manifest.pop("per_route")
+    where.mkdir(parents=True, exist_ok=True)
+    (where / MODEL_FILE).write_bytes(data)
+    (where / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_an_artifact_without_per_route_parameters_still_loads_and_scores(
+    trained: LearnedModel, tmp_path: Path
+) -> None:
+    _old_format(trained, tmp_path / "old")
+    m = load_dir(tmp_path / "old").model
+    assert m.offsets is None and m.route_keys == ()
+    x, judged, routes, _ = history(5, seed=11)
+    plain = m.score(x, judged)["latency"]
+    assert np.array_equal(plain, m.score(x, judged, m.param_index(routes))["latency"])
+    assert ((plain >= 0) & (plain <= 1)).all() and plain.max() > 0
+    # through the detector's scoring too (no parameter lookup for such a model)
+    scoring = ModelScoring(Loaded("old", m, {}), prefilter_score=0.0)
+    det = RouteDetector(DetectorParams(warmup_windows=3))
+    rng = np.random.default_rng(1)
+    raised = 0
+    for w in range(8):
+        obs = window(rng, 10.0 * (w + 1))
+        v = det.process(obs)
+        base = v.kinds["latency"].score.copy()
+        raised += int((scoring.apply(det, obs, v).kinds["latency"].score > base).sum())
+    assert raised > 0
+    # and the shipped default, whichever format it is in
+    if (DEFAULT_DIR / MANIFEST).exists():
+        assert load_dir(DEFAULT_DIR).model.kinds
 
 
 def test_the_detector_looks_up_each_route_once_and_scores_with_its_parameters(
