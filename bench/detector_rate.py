@@ -86,7 +86,7 @@ class Run:
 
 
 def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float, *, fast: bool) -> Run:
-    """A plain group consumer, same client settings, that only decodes.
+    """A plain group consumer, same client settings and poll size, that only decodes.
 
     ``fast``: the stage's own decoding (per message, then the poll batch into
     columns); otherwise pydantic per message.
@@ -104,7 +104,7 @@ def reference_consume(cfg: MeshwatchConfig, expected: int, timeout: float, *, fa
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reference read {seen}/{expected} messages")
             polled = consumer.poll(
-                timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
+                timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.detector.max_poll_records
             )
             if not polled:
                 continue
@@ -298,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=3,
         help="alternate every measurement this many times (default 3)",
     )
+    ap.add_argument(
+        "--max-poll-records",
+        type=int,
+        help="detector.max_poll_records, for both consumers (default: the project's)",
+    )
     ap.add_argument("--bootstrap", help="use this broker instead of starting Tansu")
     ap.add_argument("--profile", metavar="FILE", help="cProfile the detector stage run into FILE")
     ap.add_argument("--timeout", type=float, default=300.0)
@@ -330,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with bench_broker(args.bootstrap) as bootstrap:
         cfg = bench_config(bootstrap, warmup_windows=args.warmup)
+        if args.max_poll_records:
+            cfg.detector.max_poll_records = args.max_poll_records
+        print(f"detector.max_poll_records {cfg.detector.max_poll_records} (both consumers)")
         ensure_topics(cfg)
         took = produce_all(cfg, cfg.topics.golden, records)
         del records

@@ -524,6 +524,13 @@ class DetectorConfig(_Section):
     target_down_windows: int = Field(
         3, ge=1, description="Fire target_down after a workload's pods are down this many windows."
     )
+    max_poll_records: int = Field(
+        1000,
+        ge=1,
+        description="Most GoldenBatch messages per poll batch (instead of kafka.max_poll_records): "
+        "the detector's per-batch work (rounds of the baselines, the trained layer) is "
+        "cheaper per route-sample in wider batches.",
+    )
     state: DetectorStateConfig = Field(default_factory=DetectorStateConfig)
     metrics: DetectorMetricsConfig = Field(default_factory=DetectorMetricsConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)

@@ -45,6 +45,8 @@ def workload_of(route_key: str) -> str:
 
 class DetectorProcessor:
     name = "detector"
+    #: messages per poll batch (read by the stage loop)
+    max_poll_records: int
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class DetectorProcessor:
         metrics: StageMetrics | None = None,
     ) -> None:
         self.cfg = cfg
+        self.max_poll_records = cfg.detector.max_poll_records
         self.engine = DetectionEngine(cfg.detector)
         self.findings: list[Finding] = []  # recent, for the demo's display
         self.fired = 0

@@ -203,6 +203,12 @@ class StageRunner:
         #: failed produce or commit, cleared by the next one that works.
         self.broker_problem: str | None = None
         self.broker_retries = 0
+        #: messages per poll batch: the processor's own choice (the detector's
+        #: per-batch work is cheaper per message in wider batches), else the
+        #: ``kafka`` section's
+        self.max_poll_records: int = (
+            getattr(processor, "max_poll_records", None) or cfg.kafka.max_poll_records
+        )
 
     @property
     def producer(self) -> KafkaProducer:
@@ -233,7 +239,7 @@ class StageRunner:
                 self._last_loop = time.monotonic()
                 polled = consumer.poll(
                     timeout_ms=self.cfg.kafka.poll_timeout_ms,
-                    max_records=self.cfg.kafka.max_poll_records,
+                    max_records=self.max_poll_records,
                 )
                 records = [r for batch in polled.values() for r in batch]
                 while self._pending:
