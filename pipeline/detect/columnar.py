@@ -309,7 +309,11 @@ def _default_buckets(lists: list[tuple[int, ...]], lens: IntArray) -> FloatArray
     out = np.zeros((len(lists), _N_BUCKETS))
     filled = np.flatnonzero(lens)
     if filled.size:
-        flat = np.fromiter(chain.from_iterable(lists), np.float64, int(lens.sum()))
+        count = int(lens.sum())
+        try:  # Python ints to int64 are ~30 % cheaper than to float64
+            flat = np.fromiter(chain.from_iterable(lists), np.int64, count)
+        except OverflowError:  # a count past 2**63 (valid JSON, absurd): as floats
+            flat = np.fromiter(chain.from_iterable(lists), np.float64, count)
         out[filled] = flat.reshape(filled.size, _N_BUCKETS)
     return out
 
