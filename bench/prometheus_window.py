@@ -165,7 +165,8 @@ async def one_window(
         if report.mode == "recorded":
             raw = (
                 f"{report.recorded_rows:,} rows of rules; {report.raw_pods} pods raw, "
-                f"families raw {report.raw_families}, {report.new_series} pods with new series"
+                f"families raw {report.raw_families}, {report.new_series} pods with new series; "
+                f"waited {report.rules_wait_seconds:.2f}s for rule evaluations"
             )
             print(f"{'':>6} (recorded: {raw})")
         print(
@@ -224,6 +225,12 @@ async def run(args: argparse.Namespace) -> int:
                     if recorded is not None:
                         await one_window("rec", recorded, last, pid)
                     await asyncio.sleep(max(0.0, last + 2 * args.window + settle - time.time()))
+                slow = await asyncio.to_thread(
+                    prom.query,
+                    'max(max_over_time(scrape_duration_seconds{job="linkerd-proxy"}[5m]))',
+                )
+                if slow:
+                    print(f"slowest scrape of the last 5 min: {float(slow[0]['value'][1]):.2f}s")
                 if recorded is not None:
                     # The latest window every rule evaluated (a loaded machine misses some).
                     covered = await asyncio.to_thread(covered_end, recorded, 600.0)
@@ -441,10 +448,8 @@ async def quiet_rounds(
             if report.skipped:
                 print(f"  {i:>5} skipped: {report.skipped}")
                 continue
-            if recorded is not None and rrows:
-                same = _same(rbatches, batches)
-                if not same:
-                    print(f"  {i:>5} RECORDED AND RAW BATCHES DIFFER")
+            if recorded is not None and rrows and not _same(rbatches, batches):
+                print(f"  {i:>5} recorded and raw batches differ: {_differ(rbatches, batches)}")
             fw, fc, _, _ = await reference(source, end, pid, "floor", pool)
             lw, lc, _, _ = await reference(source, end, pid, "linkerd", pool)
             load = os.getloadavg()[0]
@@ -476,6 +481,15 @@ async def quiet_rounds(
             f"recorded / raw {rq / q:.2f}x wall, {rc / cpu:.2f}x CPU; recorded / floor "
             f"{rq / fw:.2f}x wall, {rc / fc:.2f}x CPU; recorded / 2 s budget {rq / BUDGET:.2f}x"
         )
+
+
+def _differ(rec: list[GoldenBatch], raw: list[GoldenBatch]) -> str:
+    """How: routes whose counts differ, and requests on each side (late scrapes lose some)."""
+    a = {(b.workload_key, s.direction, s.route): s.requests for b in rec for s in b.samples}
+    b = {(b.workload_key, s.direction, s.route): s.requests for b in raw for s in b.samples}
+    keys = [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)]
+    ra, rb = sum(a.get(k, 0) for k in keys), sum(b.get(k, 0) for k in keys)
+    return f"{len(keys)} of {len(b)} routes, requests there {ra} recorded vs {rb} raw"
 
 
 def _same(a: list[GoldenBatch], b: list[GoldenBatch]) -> bool:

@@ -393,6 +393,7 @@ def test_recorded_windows_agree_with_the_direct_scrape_and_the_raw_mode(
         await recorded.aclose()
         await raw.aclose()
         assert sum(r.restarted for r in reports) == 2, "both restarts counted, each once"
+        assert sum(r.new_series for r in reports) >= 1, "no window added new latency series"
         # Restart windows take the restarted pod's workload raw; the others read rules only.
         assert [r.raw_pods > 0 for r in reports][1:3] == [True, True]
         # (Pods with latency series new in the window, common in this small mesh, take

@@ -65,6 +65,7 @@ from urllib3.util.retry import Retry
 
 from pipeline.collect.collector import CycleReport
 from pipeline.collect.promql import (
+    INFO_LABEL,
     Family,
     Labels,
     PodId,
@@ -74,6 +75,7 @@ from pipeline.collect.promql import (
     family_queries,
     golden_families,
     info_query,
+    new_histograms_query,
     new_series_query,
     new_series_sums,
     recording_rules,
@@ -107,6 +109,18 @@ class QueryError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+
+
+def _as_new_series(rows: Sequence[Row], labels: Labels) -> list[Row]:
+    """New histogram rows → the per-pod ``new_series`` info rows the raw mode reads."""
+    pods = {(r["metric"].get(labels.namespace, ""), r["metric"].get(labels.pod, "")) for r in rows}
+    return [
+        {
+            "metric": {labels.namespace: ns, labels.pod: pod, INFO_LABEL: "new_series"},
+            "value": [0, "1"],
+        }
+        for ns, pod in sorted(pods)
+    ]
 
 
 #: Which rows of a raw query the recorded mode keeps: all, those of the raw scope, the others.
@@ -235,6 +249,7 @@ class PromCycleReport(CycleReport):
     mode: str = "raw"
     raw_pods: int = 0
     recorded_rows: int = 0  # rows taken from the rules (the rest came from raw queries)
+    rules_wait_seconds: float = 0.0  # waiting for rule evaluations to cover the window
     raw_families: list[str] = field(default_factory=list)
     recorded_note: str | None = None  # why recorded rows were not (all) used
 
@@ -499,7 +514,7 @@ class PrometheusSource:
     # -- recorded mode ----------------------------------------------------------------------
 
     async def _evaluations(
-        self, rules: RuleSet, window_end: float, budget: _Budget
+        self, rules: RuleSet, window_end: float, budget: _Budget, report: PromCycleReport
     ) -> tuple[dict[str, float], dict[str, str]] | None:
         """Per rule, the instant of its evaluation that covered the window, or why there is none.
 
@@ -513,8 +528,10 @@ class PrometheusSource:
         # An evaluation covers the window end t1 from t1 + delay to t1 + delay + w;
         # [q - 2w, q] holds it, and holds only the evaluations of this and nearby windows.
         latest = window_end + rules.settle_seconds + span
+        first = time.perf_counter()
         while True:
             at = min(time.time(), latest)
+            report.rules_wait_seconds = time.perf_counter() - first
             rows = await self._query(rules.sentinel_query(span), at, budget)
             if not rows:
                 return None
@@ -573,7 +590,7 @@ class PrometheusSource:
 
         try:
             q_started = time.perf_counter()
-            evals = await self._evaluations(rules, window_end, budget)
+            evals = await self._evaluations(rules, window_end, budget, report)
             if evals is None:
                 self._rules_seen = not auto
                 note = f"recording rules {rules.fingerprint} not found in Prometheus"
@@ -592,19 +609,20 @@ class PrometheusSource:
                 )
                 return self._skip(report, why, started), []
             info_t = send(info_query(w), w.t1)
-            new_t = send(new_series_query(w), w.t1)
+            new_t = send(new_histograms_query(w), w.t1)
             by_rule = {r.record: r for r in rules.rules}
             reads = [
                 (by_rule[name], send(rules.read_query(by_rule[name]), te))
                 for name, te in found.items()
             ]
-            info, new = await info_t, await new_t
-            cov = self._cover(report, w, [*info, *new])
+            info, new_hists = await info_t, await new_t
+            cov = self._cover(report, w, [*info, *_as_new_series(new_hists, self.labels)])
             reason = cov.skip_reason(w.t1, self.pcfg.selector)
             if reason is not None:
                 budget.close()
                 report.queries, report.attempts = budget.queries, budget.attempts
                 return self._skip(report, reason, started), []
+            hists = [row["metric"] for row in new_hists]
             pods = _PodSets(
                 exclude=tuple(cov.excluded),
                 restarted=tuple(cov.restarted),
@@ -631,10 +649,11 @@ class PrometheusSource:
                 if new_only:
                     # (Its pod matcher also reads same-named pods elsewhere: rows of
                     # workloads in scope are dropped, they come whole from raw.)
-                    for q in new_series_sums(replace(w, new_series=new_only), fam):
+                    for q in new_series_sums(replace(w, new_series=new_only), fam, hists):
                         raw.append((fam, "out", send(q, w.t1)))
             results = await self._gather_recorded(window_end, reads, raw, scope, whole, report)
-            report.query_seconds = time.perf_counter() - q_started
+            # Query time: from the sentinel query that found every evaluation done.
+            report.query_seconds = time.perf_counter() - q_started - report.rules_wait_seconds
         except QueryError as exc:
             budget.close()
             report.queries, report.attempts = budget.queries, budget.attempts

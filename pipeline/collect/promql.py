@@ -51,7 +51,7 @@ sample needs no buckets) and only buckets that moved are returned (``> 0``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -686,21 +686,57 @@ def recording_rules(
     return RuleSet(w.seconds, settle_seconds, fp, tuple(rules))
 
 
-def new_series_sums(w: Window, family: Family) -> list[str]:
+def new_histograms_query(w: Window) -> str:
+    """Every latency histogram ``_sum`` series new since ``t0``, with its labels.
+
+    The recorded mode's form of :func:`new_series_query`: the pods it names
+    are the same, and the label values let :func:`new_series_sums` read only
+    the bucket series that can be new, not all of those pods' buckets.
+    """
+    hist = w.select(HISTOGRAM_SUMS)
+    return (
+        f'label_replace({hist} unless {hist} offset {w.offset}, "{INFO_LABEL}", "new_hist", "", "")'
+    )
+
+
+def new_series_sums(
+    w: Window, family: Family, histograms: Sequence[Mapping[str, str]] = ()
+) -> list[str]:
     """For a per-workload family: only the series new since ``t0`` of ``w.new_series`` pods.
 
     What :func:`increase_parts` adds to the bare ``increase`` for those pods; the
     recorded mode adds it to a rule's rows (which hold that ``increase``)
-    instead of asking the pods' whole workload raw.
+    instead of asking the pods' whole workload raw. With ``histograms`` (the
+    new ``_sum`` series' labels, :func:`new_histograms_query`) each selector
+    also names the values of the labels the part keeps: that reads a superset
+    of the new bucket series (values of different histograms combine), never
+    fewer, and ``unless ... offset`` keeps exactly the new ones.
     """
     if family.level != "workload" or not w.new_series:
         return []
     out = []
     bare = replace(w, restarted=(), exclude=(), only=())
+    pods = {(ns, pod) for ns, pod in w.new_series}
     for part in family.parts:
         for metric in part.metrics:
             one = Part((metric,), part.matchers, part.by, part.exclude_ports)
-            sel = part_selector(bare, one, [w.pod_matcher(w.new_series)])
+            extra = [w.pod_matcher(w.new_series)]
+            if histograms:
+                stem = metric.removesuffix("_bucket") + "_sum"
+                mine = [
+                    h
+                    for h in histograms
+                    if h.get("__name__") == stem
+                    and (h.get(w.labels.namespace, ""), h.get(w.labels.pod, "")) in pods
+                ]
+                if not mine:
+                    continue
+                for lbl in part.by:
+                    if lbl == "le":
+                        continue
+                    values = sorted({h.get(lbl, "") for h in mine})
+                    extra.append(f"{lbl}=~{quote('|'.join(regex_escape(v) for v in values))}")
+            sel = part_selector(bare, one, extra)
             q = f"sum by ({sum_labels(w, one, False)}) ({sel} unless {sel} offset {w.offset})"
             out.append(f"{q} > 0" if family.positive_only else q)
     return out
