@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -212,8 +213,23 @@ def test_a_worker_that_dies_or_fails_fails_the_job_with_an_error(
     assert result.exit_code == EXIT_ERROR
     assert any("OSError: disk on fire" in r for r in result.reasons), result.reasons
     # the same job with healthy workers gets past the history phase
-    healthy = run(cfg, replace(opts, reader=None))
+    healthy = run(cfg, replace(opts, reader=None, report_dir=tmp_path / "report"))
     assert healthy.exit_code != EXIT_ERROR and healthy.dataset is not None, healthy.reasons
+    # the report's summary says what share of the range was read, and by how many workers
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["history"]["segments"] == 2 and summary["history"]["workers"] == 2
+    assert 0 < summary["history"]["share_read"] < 0.2
+
+
+def test_bad_segment_and_worker_options_are_configuration_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline.cli import main
+
+    assert main(["train", "--segments", "-1", "--scenario-windows", "0"]) == 2
+    assert "--segments must be >= 0" in capsys.readouterr().err
+    assert main(["train", "--segment-minutes", "0", "--scenario-windows", "0"]) == 2
+    assert main(["train", "--workers", "-2", "--scenario-windows", "0"]) == 2
 
 
 def replace_models(cfg: MeshwatchConfig, tmp: Path) -> object:

@@ -49,7 +49,7 @@ UIntArray = npt.NDArray[np.uint64]
 #: labels(kind, route keys, window ends) -> True where a window is known anomalous
 Labeller = Callable[[str, list[str], FloatArray], BoolArray]
 #: the reservoir is trimmed back to ``max_rows`` when it grows past this multiple
-TRIM_FACTOR = 1.5
+TRIM_FACTOR = 1.25
 
 
 @dataclass
@@ -328,10 +328,13 @@ class DatasetBuilder:
 
     def _trim(self) -> None:
         merged = _concat(self._chunks)
+        self._chunks = []  # the pieces go before the kept rows are copied out
+        total = merged.key.size
         kept = _smallest(merged, self.max_rows)
+        del merged
         self._chunks = [kept]
         self._rows = kept.key.size
-        if merged.key.size > self.max_rows:
+        if total > self.max_rows:
             self._cutoff = float(kept.key.max())
 
     def part(self) -> Part:

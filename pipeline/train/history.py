@@ -34,10 +34,17 @@ from pipeline.detect.columnar import Decoded, decode_golden
 from pipeline.kafka.clients import make_consumer
 from pipeline.kafka.replay import read_to_end
 from pipeline.schema import GoldenSample
-from pipeline.train.positions import Prober, offsets_at, probing_kafka, topic_bounds
+from pipeline.train.positions import (
+    Prober,
+    offsets_at,
+    probing_kafka,
+    topic_bounds,
+    window_end_of,
+)
 
 log = logging.getLogger(__name__)
 CHUNK = 20_000
+POLL_RECORDS = 500
 _HASH_SPACE = 1_000_000
 Progress = Callable[[int], None]
 
@@ -226,7 +233,9 @@ def segment_chunks(
         while active:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read segment {segment} of {topic} in {timeout_s:g}s")
-            polled = consumer.poll(timeout_ms=300, max_records=5000)
+            # a few hundred records a poll (batches of a whole workload are large:
+            # thousands would hold a hundred MB of JSON and decoded objects at once)
+            polled = consumer.poll(timeout_ms=300, max_records=POLL_RECORDS)
             if not polled:
                 done = {tp for tp in active if consumer.position(tp) >= ends.get(tp, 0)}
                 active -= done
@@ -244,25 +253,25 @@ def segment_chunks(
                     ):
                         counts["sampled_out"] = counts.get("sampled_out", 0) + 1
                         continue
-                    try:
-                        batch = decode_golden(record.value)
-                    except ValidationError:
-                        counts["invalid"] += 1
-                        continue
-                    end = batch.window_end
+                    end = window_end_of(record)  # from the head: decode only what is kept
                     if end > stop:  # past the segment (and the little interleaving)
                         active.discard(tp)
                         break
                     if not lo < end <= hi:
                         counts["out_of_segment"] += 1
                         continue
+                    try:
+                        batch = decode_golden(record.value)
+                    except ValidationError:
+                        counts["invalid"] += 1
+                        continue
                     chunk.append(batch)
                     n += len(batch.samples)
+                    if n >= CHUNK:
+                        yield chunk
+                        chunk, n = [], 0
                 if tp not in active:
                     consumer.pause(tp)
-            if n >= CHUNK:
-                yield chunk
-                chunk, n = [], 0
     finally:
         consumer.close(autocommit=False)
     if chunk:
