@@ -214,11 +214,6 @@ class DetectorParams:
     persist_seconds: float = 300.0
     resolve_after: int = 3
     evidence_points: int = 12
-    #: sustained evidence over windows at least ``persist_seconds`` long: a one-sided
-    #: CUSUM of distances in learned spreads, less ``sustained_drift`` per window, makes a
-    #: window anomalous once it reaches ``sustained_limit`` (0: off)
-    sustained_drift: float = 1.0
-    sustained_limit: float = 0.0
 
 
 @dataclass
@@ -321,8 +316,6 @@ class RouteDetector:
         # daily profile of the log request rate, and when the route was first seen
         self.season = np.zeros((capacity, max(p.season_bins, 1)))
         self.first_seen = np.full(capacity, np.nan)
-        # sustained evidence (CUSUM) per test: latency, error ratio, traffic drop, surge
-        self.cusum = np.zeros((capacity, 4), dtype=np.float32)
         self._window_end = np.zeros(0)
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
@@ -373,7 +366,6 @@ class RouteDetector:
         self.cert_max = padded(self.cert_max, np.nan)
         self.season = padded(self.season, 0.0)
         self.first_seen = padded(self.first_seen, np.nan)
-        self.cusum = padded(self.cusum, 0.0)
 
     def firing(self, kind: str, rows: IntArray) -> BoolArray:
         return self.persistence[kind].firing[rows]
@@ -393,7 +385,6 @@ class RouteDetector:
             "cert_max": self.cert_max,
             "season": self.season,
             "first_seen": self.first_seen,
-            "cusum": self.cusum,
             "baseline.level": self.baseline.level,
             "baseline.spread": self.baseline.spread,
             "baseline.count": self.baseline.count,
@@ -479,7 +470,6 @@ class RouteDetector:
         need = np.ceil(p.persist_seconds / np.maximum(ws_all, 1e-9))
         need = np.where(p.persist_seconds > 0, need, p.fire_after)
         self._fire_need = np.clip(need, 1, p.fire_after).astype(np.int64)
-        self._long = (p.persist_seconds > 0) & (ws_all >= p.persist_seconds)
         with np.errstate(divide="ignore", invalid="ignore"):
             x = np.column_stack(
                 [
@@ -565,8 +555,6 @@ class RouteDetector:
         practical = np.nan_to_num(ratio) >= p.latency_min_ratio
         practical &= ~counted | (k_above >= 2 * exceed_p0 * n_lat)
         anomalous = judged_lat & (score >= p.latency_threshold) & practical
-        sustained = self._sustained(rows, 0, np.max(zq, axis=1), judged_lat & ~counted)
-        anomalous |= judged_lat & ~counted & sustained & practical
         lat_score = score
         lo = np.exp(level[:, LP99] - p.band_z * spread[:, LP99])
         hi = np.exp(level[:, LP99] + p.band_z * spread[:, LP99])
@@ -582,10 +570,9 @@ class RouteDetector:
         # min(0, spread score) is 0: no spread score where the count test says 0
         spread_score = tail((err - p0) / spread[:, ERR], judged & (count_score != 0))
         score = np.where(judged, np.minimum(count_score, spread_score), 0.0)
-        sustained = self._sustained(rows, 1, (err - p0) / spread[:, ERR], judged)
         anomalous = (
             judged
-            & ((score >= p.error_threshold) | sustained)
+            & (score >= p.error_threshold)
             & (np.nan_to_num(err) >= np.maximum(p.error_min_ratio, p.error_min_factor * p0))
         )
         sd = np.sqrt(p0 * (1 - p0) / np.maximum(o.requests, 1))
@@ -631,7 +618,6 @@ class RouteDetector:
             0.0,
         )
         drop = judged & (drop_score >= p.traffic_threshold)
-        drop |= judged & self._sustained(rows, 2, -zr, judged)
         drop &= o.requests <= p.traffic_drop_ratio * expected
         judged_up = warm[:, LREQ] & np.isfinite(o.requests) & (o.requests >= p.min_requests)
         surge_score = np.where(
@@ -644,7 +630,6 @@ class RouteDetector:
             0.0,
         )
         surge = judged_up & (surge_score >= p.traffic_threshold)
-        surge |= judged_up & self._sustained(rows, 3, zr, judged_up)
         surge &= (o.requests >= p.traffic_surge_ratio * np.maximum(expected, 1.0)) & (
             o.requests >= p.traffic_min_expected
         )
@@ -737,30 +722,6 @@ class RouteDetector:
         self.windows[rows] += 1
         self.last_window[rows] = o.window_end
         return out
-
-    def _sustained(self, rows: IntArray, col: int, z: FloatArray, judged: BoolArray) -> BoolArray:
-        """Advance one test's CUSUM; True where the sustained evidence is enough.
-
-        Only windows at least ``persist_seconds`` long take part (each is
-        evidence on its own; shorter ones have 2-of-3 persistence instead).
-        A window adds its distance in learned spreads (clipped to ±4, so one
-        wild window does not carry a run) less ``sustained_drift``; the sum
-        never goes below 0 and is capped at 1.5 × the limit, so it falls back
-        under the limit within a few normal windows once the run is over. A
-        creep or a plateau of moderately high windows is an incident that no
-        single window shows: on hourly series, most missed labelled events
-        were such runs.
-        """
-        p = self.params
-        if p.sustained_limit <= 0:
-            return np.zeros(rows.shape[0], dtype=np.bool_)
-        step = np.clip(np.nan_to_num(z, nan=0.0, posinf=4.0, neginf=-4.0), -4.0, 4.0)
-        prev = self.cusum[rows, col].astype(np.float64)
-        on = judged & self._long
-        grown = np.clip(prev + step - p.sustained_drift, 0.0, 1.5 * p.sustained_limit)
-        s = np.where(on, grown, np.where(self._long, prev, 0.0))
-        self.cusum[rows, col] = s
-        return np.asarray(on & (s >= p.sustained_limit), dtype=np.bool_)
 
     # -- re-baselining --------------------------------------------------------
 
