@@ -51,6 +51,7 @@ import tempfile
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
@@ -245,6 +246,7 @@ async def run(args: argparse.Namespace) -> int:
                 await quiet_rounds(source, recorded, last, pid, args)
                 await per_query(source, last, pid)
                 if recorded is not None:
+                    await recorded_queries(recorded, last, pid)
                     await rules_as_queries(recorded, last, pid)
                     await recorded.aclose()
                 await source.aclose()
@@ -312,6 +314,41 @@ async def load_rules(
         f"{m1['group_max_s']:.2f} s) per {args.window:g}s interval; {evals:.0f} evaluations "
         f"measured, mean {per_eval:.3f} s; iterations missed so far: {m1['missed']:.0f}"
     )
+
+
+class TimingClient:
+    """Wraps a query client: each query's time and rows (the window's queries overlap)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.seen: list[tuple[str, float, int]] = []
+
+    def query(self, expr: str, at: float, timeout: float) -> Any:
+        t = time.perf_counter()
+        rows = self.inner.query(expr, at, timeout)
+        self.seen.append((expr, time.perf_counter() - t, len(rows)))
+        return rows
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def recorded_queries(source: PrometheusSource, end: float, pid: int | None) -> None:
+    """The recorded window once more, its queries timed (they run concurrently)."""
+    inner = source.client
+    timing = TimingClient(inner)
+    source.client = timing
+    cpu0 = cpu_seconds(pid)
+    report, _ = await source.build_window(end)
+    cpu = cpu_seconds(pid) - cpu0
+    source.client = inner
+    print(
+        f"\nthe recorded window's queries (quiet, {source.pcfg.concurrency} in flight; "
+        f"query {report.query_seconds:.3f}s, {cpu:.2f} Prometheus CPU s; "
+        f"{report.new_series} pods with new series):"
+    )
+    for expr, dt, n in sorted(timing.seen, key=lambda x: -x[1]):
+        print(f"  {dt:8.3f}s {n:>8,} rows  {expr[:110]}")
 
 
 def covered_end(source: PrometheusSource, span: float) -> float | None:
@@ -484,12 +521,32 @@ async def quiet_rounds(
 
 
 def _differ(rec: list[GoldenBatch], raw: list[GoldenBatch]) -> str:
-    """How: routes whose counts differ, and requests on each side (late scrapes lose some)."""
-    a = {(b.workload_key, s.direction, s.route): s.requests for b in rec for s in b.samples}
-    b = {(b.workload_key, s.direction, s.route): s.requests for b in raw for s in b.samples}
-    keys = [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)]
-    ra, rb = sum(a.get(k, 0) for k in keys), sum(b.get(k, 0) for k in keys)
-    return f"{len(keys)} of {len(b)} routes, requests there {ra} recorded vs {rb} raw"
+    """How: routes whose samples differ, the fields that differ, requests on each side."""
+    a = {(b.workload_key, s.direction, s.route): s for b in rec for s in b.samples}
+    b = {(b.workload_key, s.direction, s.route): s for b in raw for s in b.samples}
+    fields: dict[str, int] = {}
+    first = ""
+    ra = rb = n = 0
+    for k in sorted(a.keys() | b.keys()):
+        x, y = a.get(k), b.get(k)
+        dx = {} if x is None else x.model_dump(mode="json")
+        dy = {} if y is None else y.model_dump(mode="json")
+        diff = [
+            f
+            for f in dx.keys() | dy.keys()
+            if f not in ("latency_sum_ms", "mean_ms") and dx.get(f) != dy.get(f)
+        ]
+        if not diff:
+            continue
+        n += 1
+        ra += dx.get("requests", 0)
+        rb += dy.get("requests", 0)
+        for f in diff:
+            fields[f] = fields.get(f, 0) + 1
+        if not first:
+            f = sorted(diff)[0]
+            first = f"; e.g. {k} {f}: {str(dx.get(f))[:160]} vs {str(dy.get(f))[:160]}"
+    return f"{n} of {len(b)} routes ({fields}), requests there {ra} recorded vs {rb} raw{first}"
 
 
 def _same(a: list[GoldenBatch], b: list[GoldenBatch]) -> bool:
