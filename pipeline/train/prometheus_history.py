@@ -16,11 +16,12 @@ window, so a model trained from it sees the numbers the detector will see:
 - **Same folding.** Each step's rows are cut out of the matrices and folded
   by :func:`pipeline.collect.promwindow.cover` and
   :func:`~pipeline.collect.promwindow.fold`, exactly as an instant window.
-- **Windows whose pods did something special** (a restart, a pod down or
-  left out at an edge, new latency series, pods without a workload label)
-  need queries that name those pods, which differ per window. The info
-  query (itself a range query) says which windows those are; only they are
-  rebuilt one by one with the collector's instant path
+- **Pods named in queries.** Pods with new latency series get a part of
+  their own in the bucket queries; the chunk's info queries (range queries
+  too) name them, and the union serves every window (see :meth:`_chunk`).
+  Windows whose pods did something rarer (a restart, a pod down or left out
+  at an edge, pods without a workload label) change the main expressions:
+  only those are rebuilt one by one with the collector's instant path
   (:meth:`PrometheusSource.build_window`). In steady state that is none.
 - **Gaps stay gaps.** A window Prometheus has no fresh samples for is
   skipped (counted in the stats), never filled with zeros.
@@ -46,7 +47,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -57,7 +58,7 @@ from urllib3.util.retry import Retry
 
 from pipeline.collect.prometheus_source import PrometheusSource
 from pipeline.collect.promql import info_query, new_series_query, quote
-from pipeline.collect.promwindow import Row, cover, fold, read_info
+from pipeline.collect.promwindow import Coverage, Row, cover, fold, read_info
 from pipeline.config import MeshwatchConfig, PrometheusSourceConfig, read_secret
 from pipeline.schema import GoldenBatch, GoldenSample
 
@@ -136,6 +137,7 @@ class HistoryStats:
     built: int = 0  # windows that produced batches (or an empty, all-idle window)
     skipped: int = 0  # gaps: Prometheus had no data for the window
     rebuilt: int = 0  # windows rebuilt with instant queries (restarts, pods at an edge)
+    new_series: int = 0  # windows with new latency series, read by the range path
     requests: int = 0  # range requests sent, retries included
     retries: int = 0
     samples: int = 0
@@ -314,46 +316,68 @@ class PrometheusHistory:
         for chunk in self.chunks(since, until):
             yield from chunk
 
-    def _chunk(
-        self, selector: str, ends: Sequence[float]
-    ) -> Iterator[tuple[float, list[GoldenBatch]]]:
-        src = self._source(selector)
-        w0 = src.window(ends[0])
-        plan = src.plan(w0)  # aligned, no pods named: the same text at every window end
-        exprs = [info_query(w0), new_series_query(w0), *(q for _, q in plan)]
-        futures = [
-            self._pool.submit(self._request, q, ends[0], ends[-1], self.window) for q in exprs
-        ]
+    def _fetch(self, exprs: Sequence[str], ends: Sequence[float]) -> list[dict[int, list[Row]]]:
+        """Range queries over ``ends``, in parallel; each answer cut into its steps."""
+        futures = [self._pool.submit(self._request, q, ends[0], ends[-1], self.window)
+                   for q in exprs]  # fmt: skip
         try:
             answers = [f.result() for f in futures]
         finally:
             for f in futures:
                 f.cancel()  # after a failure: the chunk's queries not yet sent are not sent
-        per_step = [_by_step(a) for a in answers]
-        labels = src.labels
-        pcfg = self.cfg.prometheus
+        return [_by_step(a) for a in answers]
+
+    def _chunk(
+        self, selector: str, ends: Sequence[float]
+    ) -> Iterator[tuple[float, list[GoldenBatch]]]:
+        """One chunk of one shard: the info queries first, then the family queries.
+
+        The family queries depend on the pods the info query names. Pods with
+        new latency series get an extra part naming them (``x unless x offset
+        w``); at a window where a named pod has no new series that part adds
+        nothing, so the union of the chunk's pods serves every window of it,
+        and the range path needs no rebuild for them. Restarted, excluded and
+        label-less pods change the main expressions: those windows (rare) are
+        rebuilt by the instant path.
+        """
+        src = self._source(selector)
+        w0 = src.window(ends[0])
+        labels, pcfg = src.labels, self.cfg.prometheus
+        info, new = self._fetch([info_query(w0), new_series_query(w0)], ends)
+        covers: dict[float, Coverage] = {}
+        new_pods: set[tuple[str, str]] = set()
         for end in ends:
-            self.stats.windows += 1
             key = round(end * 1000)
-            info = [*per_step[0].get(key, ()), *per_step[1].get(key, ())]
             cov = cover(
-                read_info(info, labels),
+                read_info([*info.get(key, ()), *new.get(key, ())], labels),
                 labels,
                 t1=end,
                 window=self.window,
                 stale=pcfg.stale_after_seconds,
             )
+            covers[end] = cov
+            if cov.skip_reason(end, selector) is None and not _special(cov):
+                new_pods.update(cov.new_series)
+        plan = src.plan(replace(w0, new_series=tuple(sorted(new_pods))))
+        folding = any(
+            c.skip_reason(e, selector) is None and not _special(c) for e, c in covers.items()
+        )
+        steps = self._fetch([q for _, q in plan], ends) if folding else []
+        for end in ends:
+            self.stats.windows += 1
+            cov = covers[end]
             reason = cov.skip_reason(end, selector)
             if reason is not None:
                 self._skipped(reason)
                 continue
-            if cov.excluded or cov.restarted or cov.new_series or cov.bare:
+            if _special(cov):
                 batches = self._instant(src, end)
                 if batches is None:
                     continue
                 self.stats.rebuilt += 1
             else:
-                rows = [(fam, per_step[2 + j].get(key, [])) for j, (fam, _) in enumerate(plan)]
+                key = round(end * 1000)
+                rows = [(fam, steps[j].get(key, [])) for j, (fam, _) in enumerate(plan)]
                 batches = fold(
                     cov,
                     rows,
@@ -364,6 +388,7 @@ class PrometheusHistory:
                     collector=self.name,
                     exclude_ports=self.cfg.collector.exclude_ports,
                 ).batches
+                self.stats.new_series += bool(cov.new_series)
             self.stats.built += 1
             self.stats.samples += sum(len(b.samples) for b in batches)
             yield end, batches
@@ -389,6 +414,11 @@ class PrometheusHistory:
             asyncio.run(src.aclose())
         self._sources.clear()
         self.client.close()
+
+
+def _special(cov: Coverage) -> bool:
+    """Whether a window's main queries must name pods (restarted, left out, label-less)."""
+    return bool(cov.excluded or cov.restarted or cov.bare)
 
 
 def _by_step(series: Sequence[Series]) -> dict[int, list[Row]]:
@@ -422,8 +452,8 @@ def prometheus_chunks(
     finally:
         hist.close()
         if stats is not None:
-            keys = ("windows", "built", "skipped", "rebuilt", "requests", "retries", "shards")
-            for k in (*keys, "splits", "chunk_windows"):
+            keys = ("windows", "built", "skipped", "rebuilt", "new_series", "requests", "retries")
+            for k in (*keys, "shards", "splits", "chunk_windows"):
                 stats[f"prometheus_{k}"] = int(getattr(hist.stats, k))
         if hist.stats.skipped:
             log.warning(
