@@ -824,10 +824,16 @@ class RouteDetector:
     ) -> KindVerdict:
         pers = self.persistence[kind]
         ki = KINDS.index(kind)
-        fresh_streak = anomalous & (pers.history[rows] == 0) & ~pers.firing[rows]
-        self.started[rows, ki] = np.where(fresh_streak, self._window_end, self.started[rows, ki])
+        # anomalous windows are few: only their rows' streak starts are read and set
+        at = np.flatnonzero(anomalous)
+        if at.size:
+            r = rows[at]
+            fresh_streak = (pers.history[r] == 0) & ~pers.firing[r]
+            self.started[r[fresh_streak], ki] = self._window_end[at[fresh_streak]]
         fired, resolved = pers.step(rows, anomalous, judged)
-        quick = judged & anomalous & (self._fire_need < pers.fire_after) & ~pers.firing[rows]
+        quick = judged & anomalous & (self._fire_need < pers.fire_after)
+        if quick.any():
+            quick &= ~pers.firing[rows]
         if quick.any():
             quick &= popcount(pers.history[rows]) >= self._fire_need
             r = rows[quick]
@@ -835,7 +841,8 @@ class RouteDetector:
             pers.normal_streak[r] = 0
             fired = fired | quick
         return KindVerdict(
-            score=np.clip(np.nan_to_num(score), 0.0, 1.0),
+            # NaN scores 0; ±inf clip to 1 and 0 (as nan_to_num's ±max would)
+            score=np.clip(np.where(np.isnan(score), 0.0, score), 0.0, 1.0),
             judged=judged,
             anomalous=anomalous,
             fired=fired,
