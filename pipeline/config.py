@@ -983,10 +983,10 @@ class ModelsConfig(_Section):
         "the range (warm-up + sampled minutes each); 0 reads the whole range.",
     )
     train_segment_minutes: float = Field(
-        20.0, gt=0, description="Sampled minutes of each segment, after its warm-up."
+        15.0, gt=0, description="Sampled minutes of each segment, after its warm-up."
     )
     train_warmup_minutes: float = Field(
-        15.0, ge=0, description="Minutes judged before each segment to warm its baselines."
+        10.0, ge=0, description="Minutes judged before each segment to warm its baselines."
     )
     train_workers: int = Field(
         0, ge=0, description="Processes reading the golden topic's partitions; 0 = one per CPU."

@@ -144,6 +144,7 @@ class Part:
     t_max: float
     stats: dict[str, int] = field(default_factory=dict)
     peak_rss_mib: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -159,6 +159,7 @@ def _read_golden(
     result.history.update(
         workers=len(tasks),
         worker_peak_rss_mib=[round(p.peak_rss_mib, 1) for p in parts],
+        worker_cpu_s=[round(p.cpu_seconds, 1) for p in parts],
         records=stats,
     )
     return merge(parts, opts.max_rows)

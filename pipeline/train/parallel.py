@@ -80,6 +80,8 @@ def read_partitions(task: ReadTask, progress: Progress | None = None) -> Part:
     Each segment starts a fresh detector (the segments are hours apart) whose
     warm-up windows are judged but not sampled.
     """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
     builder = DatasetBuilder(task.cfg.detector, max_rows=task.max_rows, seed=task.seed)
     stats: dict[str, int] = {}
     for segment in task.segments:
@@ -99,7 +101,9 @@ def read_partitions(task: ReadTask, progress: Progress | None = None) -> Part:
                 progress(sum(len(d.samples) for d in decoded))
     part = builder.part()
     part.stats = stats
-    part.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    part.peak_rss_mib = usage.ru_maxrss / 1024
+    part.cpu_seconds = usage.ru_utime + usage.ru_stime - cpu0
     return part
 
 
