@@ -33,6 +33,17 @@ interval more or less than its neighbour for a given proxy. A window is
 queried ``query_delay_seconds`` after it ends, so that scrapes that started
 before the end have been stored.
 
+**Recorded mode** (``prometheus.recorded``). The window queries can instead
+be evaluated by Prometheus itself, every window, as recording rules
+(``deploy/prometheus/meshwatch-rules.yaml``, see
+:class:`~pipeline.collect.promql.RuleSet` for how each rule stays exact); the
+collector then reads their few rows instead of every raw series, one window
+later, and asks raw series only for the workloads the rules cannot answer
+exactly (pods restarted, down or left out; new latency series are added).
+``auto`` reads them when rules of this configuration's fingerprint are in
+Prometheus, else raw series. The cost of computing a window moves into
+Prometheus' continuous rule evaluation (``docs/benchmarks.md``).
+
 **Failures.** Every query has a timeout, is retried with doubling backoff a
 bounded number of times, and all of a window's queries share one deadline
 (the window's length: a window never takes longer to build than to pass).
