@@ -478,7 +478,7 @@ class DetectorConfig(_Section):
     )
     traffic_drop_ratio: float = Field(0.5, gt=0, lt=1)
     traffic_surge_ratio: float = Field(
-        3.0, gt=1, description="A surge is at least this multiple of the expected rate."
+        2.0, gt=1, description="A surge is at least this multiple of the expected rate."
     )
     cert_min_ttl_seconds: float = Field(4 * 3600.0, gt=0)
     cert_min_ttl_fraction: float = Field(
@@ -945,6 +945,12 @@ class PrometheusHistoryConfig(_Section):
     """
 
     chunk_seconds: float = Field(3600.0, gt=0, description="Time one range query covers.")
+    max_points: int = Field(
+        500_000,
+        ge=1000,
+        description="Points one chunk of one shard may return (about 350 bytes each in memory); "
+        "fewer windows per chunk on larger meshes.",
+    )
     pods_per_query: int = Field(
         500, ge=1, description="Namespaces are read in shards of at most this many pods."
     )
