@@ -51,6 +51,11 @@ def test_partitions_are_dealt_to_disjoint_groups() -> None:
     groups = split_partitions(range(6), 4)
     assert sorted(p for g in groups for p in g) == list(range(6)) and len(groups) == 4
     assert split_partitions(range(2), 8) == [(0,), (1,)]
+    # by size: the slowest worker gets as little as can be
+    sizes = {0: 900, 1: 100, 2: 500, 3: 450, 4: 50, 5: 0}
+    groups = split_partitions(range(6), 2, sizes)
+    assert sorted(p for g in groups for p in g) == list(range(6))
+    assert sorted(sum(sizes[p] for p in g) for g in groups) == [1000, 1000]
 
 
 def _history(cfg: MeshwatchConfig) -> tuple[float, float]:

@@ -128,6 +128,7 @@ def _read_golden(
         read_partitions,
         split_partitions,
     )
+    from pipeline.train.positions import partition_sizes
 
     m = cfg.models
     segments = m.train_segments if opts.segments is None else opts.segments
@@ -145,7 +146,8 @@ def _read_golden(
     result.history = describe_plan(plan, lo, hi)
     if plan[0].whole:  # all of (since, until]: the bounds may miss the last batch
         plan = [Segment(opts.since, opts.since, opts.until, whole=True)]
-    groups = split_partitions(range(cfg.topics.specs["golden"].partitions), workers)
+    parts_all = list(range(cfg.topics.specs["golden"].partitions))
+    groups = split_partitions(parts_all, workers, partition_sizes(cfg) if workers > 1 else None)
     tasks = [
         ReadTask(cfg, g, tuple(plan), opts.since, opts.until, max_rows=opts.max_rows,
                  seed=opts.seed, workload_share=opts.workload_share, name=f"worker {i}")

@@ -63,11 +63,13 @@ class ReadTask:
 class _Reporter:
     conn: Connection | None = None
     pending: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    parent: int = field(default_factory=os.getppid)
 
     def __call__(self, n: int) -> None:
         if self.conn is None:
             return
+        if os.getppid() != self.parent:  # the job is gone (killed): stop reading for nobody
+            os._exit(1)
         self.pending += n
         if self.pending >= 5000:
             self.conn.send(("progress", self.pending))
@@ -126,10 +128,22 @@ def _entry(reader: Reader, task: ReadTask, conn: Connection) -> None:
         conn.close()
 
 
-def split_partitions(partitions: Sequence[int], workers: int) -> list[tuple[int, ...]]:
-    """Partitions dealt round-robin to at most ``workers`` non-empty groups."""
+def split_partitions(
+    partitions: Sequence[int], workers: int, sizes: dict[int, int] | None = None
+) -> list[tuple[int, ...]]:
+    """Partitions dealt to at most ``workers`` non-empty groups: by ``sizes`` (records),
+    the largest first to the group with the fewest so far, so the slowest worker
+    (which sets the pace) has as little as can be; round-robin without sizes."""
     n = max(1, min(workers, len(partitions)))
-    return [tuple(partitions[i::n]) for i in range(n)]
+    if not sizes:
+        return [tuple(partitions[i::n]) for i in range(n)]
+    groups: list[list[int]] = [[] for _ in range(n)]
+    load = [0] * n
+    for p in sorted(partitions, key=lambda p: (-sizes.get(p, 0), p)):
+        i = min(range(n), key=lambda i: (load[i], i))
+        groups[i].append(p)
+        load[i] += sizes.get(p, 0)
+    return [tuple(sorted(g)) for g in groups if g]
 
 
 def _died(code: int | None) -> str:

@@ -168,6 +168,19 @@ def offsets_at(prober: Prober, target: float) -> dict[TopicPartition, int]:
     return prober.first_at_or_after(target, hint)
 
 
+def partition_sizes(cfg: MeshwatchConfig) -> dict[int, int]:
+    """Records per golden partition (from its offsets; near enough to share work out)."""
+    topic = cfg.topics.golden
+    consumer = make_consumer(probing_kafka(cfg.kafka), "train-sizes", group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(cfg.topics.specs["golden"].partitions)]
+        begin = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+    finally:
+        consumer.close(autocommit=False)
+    return {tp.partition: max(end.get(tp, 0) - begin.get(tp, 0), 0) for tp in tps}
+
+
 def topic_bounds(cfg: MeshwatchConfig, since: float, until: float) -> tuple[float, float] | None:
     """The earliest and latest window end the golden topic holds, clipped to
     ``(since, until]``; None if it holds none there. (On the embedded broker the
@@ -192,4 +205,11 @@ def topic_bounds(cfg: MeshwatchConfig, since: float, until: float) -> tuple[floa
     return (lo, hi) if hi > lo else None
 
 
-__all__ = ["Prober", "offsets_at", "probing_kafka", "topic_bounds", "window_end_of"]
+__all__ = [
+    "Prober",
+    "offsets_at",
+    "partition_sizes",
+    "probing_kafka",
+    "topic_bounds",
+    "window_end_of",
+]
