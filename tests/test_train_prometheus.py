@@ -318,8 +318,44 @@ def test_a_range_too_slow_for_prometheus_is_halved_until_it_answers(tmp_path: Pa
         hist.close()
     assert got == []  # no data anywhere: every window a gap
     assert hist.stats.windows == 32 and hist.stats.skipped == 32
-    assert hist.stats.chunk_windows == 4 and hist.stats.splits >= 2
-    assert max(client.ranges[1:]) == 16 and client.ranges[-1] == 4  # later chunks start small
+    # the first chunk (a probe of 6 windows) was halved once; later chunks start at 3
+    assert hist.stats.chunk_windows == 3 and hist.stats.splits >= 1
+    assert max(client.ranges[1:]) == 6 and max(client.ranges[-4:]) <= 3
+
+
+class SeriesEverywhere:
+    """``series`` series with a point at every step, for every query (no pod labels:
+    every window is a gap, and only the info queries are sent)."""
+
+    def __init__(self, series: int) -> None:
+        self.series = series
+        self.ranges: list[int] = []
+
+    def query_range(
+        self, expr: str, start: float, end: float, step: float, timeout: float
+    ) -> list[dict[str, Any]]:
+        n = round((end - start) / step) + 1
+        self.ranges.append(n)
+        values = [[start + k * step, "1"] for k in range(n)]
+        return [{"metric": {"x": str(i)}, "values": values} for i in range(self.series)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_chunks_take_as_many_windows_as_fit_in_the_points_budget(tmp_path: Path) -> None:
+    _, cfg = _config(
+        "http://127.0.0.1:9", tmp_path, prometheus_history={"chunk_seconds": 3600.0,
+                                                            "max_points": 1000}
+    )  # fmt: skip
+    client = SeriesEverywhere(10)  # 2 info queries x 10 series = 20 points per window
+    hist = PrometheusHistory(cfg, client=client)
+    try:
+        assert list(hist.batches(1000.0, 1200.0)) == []
+    finally:
+        hist.close()
+    assert hist.stats.windows == 200 and hist.stats.skipped == 200
+    assert client.ranges[1:] == [6, 6, 50, 50, 50, 50, 50, 50, 44, 44]
 
 
 def test_a_query_prometheus_rejects_is_not_retried(tmp_path: Path) -> None:

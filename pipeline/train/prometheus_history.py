@@ -26,9 +26,11 @@ window, so a model trained from it sees the numbers the detector will see:
 - **Gaps stay gaps.** A window Prometheus has no fresh samples for is
   skipped (counted in the stats), never filled with zeros.
 
-**Bounded memory.** History is read in chunks of ``chunk_seconds`` (default
-one hour) and, on large meshes, in shards of whole namespaces of at most
-``pods_per_query`` pods each (a namespace matcher added to every query:
+**Bounded memory.** History is read in chunks of at most ``chunk_seconds``
+(default one hour) and ``max_points`` returned points (the first chunk of a
+few windows measures how many points a window returns; later chunks take as
+many windows as fit), and, on large meshes, in shards of whole namespaces of
+at most ``pods_per_query`` pods each (a namespace matcher added to every query:
 every row is summed within one pod's namespace, so the shards' windows add up
 to the whole mesh's). Only one chunk of one shard is in memory at a time;
 the training sample downstream is bounded on its own.
@@ -44,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 Series = dict[str, Any]  # one element of a range-query matrix: {"metric": {...}, "values": [...]}
 Progress = Callable[[int], None]
 _RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+#: Windows of the first chunk, which measures how many points a window returns.
+PROBE_WINDOWS = 6
 
 
 class HistoryUnavailableError(Exception):
@@ -182,6 +185,7 @@ class PrometheusHistory:
         self.stats = HistoryStats()
         self._sources: dict[str, PrometheusSource] = {}
         self._steps = 1
+        self._points = 0
         self._pool = ThreadPoolExecutor(
             max_workers=cfg.prometheus.concurrency, thread_name_prefix="meshwatch-promrange"
         )
@@ -286,14 +290,24 @@ class PrometheusHistory:
             return
         shards = self.shards(since, until)
         self.stats.shards = len(shards)
-        self._steps = max(1, int(self.hcfg.chunk_seconds // self.window))
-        self.stats.chunk_windows = self._steps
+        most = max(1, int(self.hcfg.chunk_seconds // self.window))
+        # the first chunk is a probe: how many points a window of this mesh returns
+        self._steps = min(most, PROBE_WINDOWS)
         i = 0
         while i < len(ends):
             chunk = ends[i : i + self._steps]
+            largest = 0
             for selector in shards:
+                self._points = 0
                 yield from self._adaptive(selector, chunk)
+                largest = max(largest, self._points)
             i += len(chunk)
+            # points per window of the largest shard, so that one chunk of one shard
+            # stays within max_points (a shard's answers are all in memory at once)
+            per_window = largest / len(chunk)
+            fit = int(self.hcfg.max_points // max(per_window, 1.0))
+            self._steps = max(1, min(most, self._steps if self.stats.splits else most, fit))
+            self.stats.chunk_windows = self._steps
 
     def _adaptive(
         self, selector: str, ends: Sequence[float]
@@ -316,8 +330,8 @@ class PrometheusHistory:
         for chunk in self.chunks(since, until):
             yield from chunk
 
-    def _fetch(self, exprs: Sequence[str], ends: Sequence[float]) -> list[dict[int, list[Row]]]:
-        """Range queries over ``ends``, in parallel; each answer cut into its steps."""
+    def _fetch(self, exprs: Sequence[str], ends: Sequence[float]) -> list[_Steps]:
+        """Range queries over ``ends``, in parallel; each answer read step by step."""
         futures = [self._pool.submit(self._request, q, ends[0], ends[-1], self.window)
                    for q in exprs]  # fmt: skip
         try:
@@ -325,7 +339,9 @@ class PrometheusHistory:
         finally:
             for f in futures:
                 f.cancel()  # after a failure: the chunk's queries not yet sent are not sent
-        return [_by_step(a) for a in answers]
+        steps = [_Steps(a) for a in answers]
+        self._points += sum(st.points() for st in steps)
+        return steps
 
     def _chunk(
         self, selector: str, ends: Sequence[float]
@@ -347,9 +363,8 @@ class PrometheusHistory:
         covers: dict[float, Coverage] = {}
         new_pods: set[tuple[str, str]] = set()
         for end in ends:
-            key = round(end * 1000)
             cov = cover(
-                read_info([*info.get(key, ()), *new.get(key, ())], labels),
+                read_info([*info.at(end), *new.at(end)], labels),
                 labels,
                 t1=end,
                 window=self.window,
@@ -376,8 +391,7 @@ class PrometheusHistory:
                     continue
                 self.stats.rebuilt += 1
             else:
-                key = round(end * 1000)
-                rows = [(fam, steps[j].get(key, [])) for j, (fam, _) in enumerate(plan)]
+                rows = [(fam, steps[j].at(end)) for j, (fam, _) in enumerate(plan)]
                 batches = fold(
                     cov,
                     rows,
@@ -421,14 +435,35 @@ def _special(cov: Coverage) -> bool:
     return bool(cov.excluded or cov.restarted or cov.bare)
 
 
-def _by_step(series: Sequence[Series]) -> dict[int, list[Row]]:
-    """A range-query matrix cut into the instant vectors of its steps (keyed by ms)."""
-    out: dict[int, list[Row]] = defaultdict(list)
-    for s in series:
-        metric = s["metric"]
-        for t, v in s["values"]:
-            out[round(float(t) * 1000)].append({"metric": metric, "value": [t, v]})
-    return out
+class _Steps:
+    """A range-query matrix read step by step, in time order, without copying it.
+
+    Each series keeps a cursor into its values; asking for the rows at ``t``
+    advances the cursors past ``t`` (a series missing at ``t`` has none there).
+    Steps must be asked in increasing order, which is how windows are built.
+    """
+
+    def __init__(self, series: Sequence[Series]) -> None:
+        self.series = series
+        self.pos = [0] * len(series)
+
+    def points(self) -> int:
+        return sum(len(s["values"]) for s in self.series)
+
+    def at(self, t: float) -> list[Row]:
+        key = round(t * 1000)
+        out: list[Row] = []
+        pos = self.pos
+        for i, s in enumerate(self.series):
+            values = s["values"]
+            j = pos[i]
+            while j < len(values) and round(float(values[j][0]) * 1000) < key:
+                j += 1
+            if j < len(values) and round(float(values[j][0]) * 1000) == key:
+                out.append({"metric": s["metric"], "value": values[j]})
+                j += 1
+            pos[i] = j
+        return out
 
 
 def prometheus_chunks(
