@@ -58,6 +58,18 @@ def test_partitions_are_dealt_to_disjoint_groups() -> None:
     assert sorted(sum(sizes[p] for p in g) for g in groups) == [1000, 1000]
 
 
+def test_default_workers_follow_a_cgroup_cpu_quota(tmp_path: Path) -> None:
+    from pipeline.train.parallel import _cgroup_cpus, default_workers
+
+    limit = tmp_path / "cpu.max"
+    limit.write_text("150000 100000\n")
+    assert _cgroup_cpus(str(limit)) == 2  # 1.5 CPUs: two workers
+    limit.write_text("max 100000\n")
+    assert _cgroup_cpus(str(limit)) is None
+    assert _cgroup_cpus(str(tmp_path / "absent")) is None
+    assert 1 <= default_workers() <= (os.cpu_count() or 1)
+
+
 def _history(cfg: MeshwatchConfig) -> tuple[float, float]:
     """HOURS of 10 s windows of WORKLOADS × ROUTES steady routes, stamped like the
     collector stamps them (just after the window's end); returns (first, last) end."""

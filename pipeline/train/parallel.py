@@ -224,11 +224,27 @@ def _parts(task: ReadTask) -> str:
 
 
 def default_workers() -> int:
-    """One worker per CPU this process may use."""
+    """One worker per CPU this process may use: its CPU affinity, and in a
+    container its cgroup's CPU quota (a pod limited to 2 CPUs on a 64-CPU node
+    sees 64 in its affinity; 64 workers would each hold a reservoir)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    return max(1, min(n, quota) if quota else n)
+
+
+def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """CPUs allowed by a cgroup v2 quota ("max 100000": none), rounded up."""
+    try:
+        with open(path) as fh:
+            quota, period = fh.read().split()[:2]
+        if quota == "max":
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
 
 
 __all__ = [
