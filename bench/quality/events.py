@@ -187,15 +187,23 @@ def score(
 def _quiet_cause(
     events: Sequence[Event], a: Alert, grace: float, step: float, settle_windows: int
 ) -> str | None:
+    # Every event on the alert's route counts, not the first one found: two
+    # deploys that share a route (a workload's ``*`` route, a caller's edge)
+    # each tolerate alerts while they settle, however long ago the other did.
+    causes = set()
     for e in events:
         if a.key not in e.keys:
             continue
         if e.expect == "no_alert" and e.first <= a.t <= e.last + grace:
-            return "blip"
+            causes.add("blip")
         if e.expect == "settle" and a.t >= e.first:
             if a.t <= e.first + settle_windows * step:
-                return "tolerated"
-            return "deploy shift after settling"
+                causes.add("tolerated")
+            else:
+                causes.add("deploy shift after settling")
+    for cause in ("tolerated", "blip", "deploy shift after settling"):
+        if cause in causes:
+            return cause
     return None
 
 
