@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -28,12 +29,14 @@ import yaml
 from pipeline.collect.collector import Collector
 from pipeline.collect.prometheus_source import PromCycleReport, PrometheusSource, rules_for
 from pipeline.collect.promql import (
+    EXACT_HISTOGRAMS,
     RULES_LABEL,
     SENTINEL_LABEL,
     Labels,
     Window,
     family_queries,
     golden_families,
+    new_series_sums,
 )
 from pipeline.collect.promwindow import Coverage, raw_scope, recorded_rows, scoped_rows
 from pipeline.collect.scrape import make_scrape_client
@@ -114,6 +117,42 @@ def test_shipped_rules_are_current_and_promtool_accepts_them(tmp_path: Path) -> 
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"SUCCESS: {len(want['groups'])} rules found" in out.stdout  # type: ignore[arg-type]
+
+
+def test_new_histogram_queries_name_them_and_parse_with_promtool(tmp_path: Path) -> None:
+    """Few new histograms: each named by all its labels; many: one superset selector."""
+    if shutil.which("promtool") is None:
+        pytest.skip("no promtool (Debian package prometheus)")
+    w = Window(
+        t1=T1,
+        seconds=10.0,
+        selector='job="linkerd-proxy"',
+        labels=LABELS,
+        new_series=(("shop", "web-0"),),
+    )
+    fam = next(f for f in golden_families() if f.name == "route_response_latency_ms_bucket")
+
+    def hist(route: str) -> dict[str, str]:
+        return {
+            "__name__": "route_response_latency_ms_sum",
+            "mw_info": "new_hist",
+            "namespace": "shop",
+            "pod": "web-0",
+            "direction": "inbound",
+            "rt_route": route,
+        }
+
+    few = new_series_sums(w, fam, [hist("GET /a"), hist("GET /b")])
+    assert len(few) == 1 and 'rt_route="GET /a"' in few[0] and 'rt_route="GET /b"' in few[0]
+    assert "mw_info" not in few[0]
+    many = new_series_sums(w, fam, [hist(f"GET /{i}") for i in range(EXACT_HISTOGRAMS + 1)])
+    assert len(many) == 1 and 'rt_route=~"GET /0|GET /1|' in many[0]
+    assert new_series_sums(w, fam, [hist("GET /a") | {"pod": "web-9"}]) == []  # not a new pod
+    rules = [{"record": f"mw:q{i}", "expr": e} for i, e in enumerate([*few, *many])]
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "q", "rules": rules}]}))
+    out = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _target(ns: str, pod: str, wl: str, kind: str = "deployment") -> Target:

@@ -699,6 +699,18 @@ def new_histograms_query(w: Window) -> str:
     )
 
 
+#: Up to this many new histograms of a family are named one by one (their labels exactly);
+#: beyond, one selector names the values of each label (a superset of their buckets).
+EXACT_HISTOGRAMS = 100
+
+
+_EQUAL = re.compile(r'^([a-zA-Z_][a-zA-Z0-9_]*)="([^"\\]*)"$')
+
+
+def _exact(h: Mapping[str, str]) -> list[str]:
+    return [f"{k}={quote(v)}" for k, v in sorted(h.items()) if k not in ("__name__", INFO_LABEL)]
+
+
 def new_series_sums(
     w: Window, family: Family, histograms: Sequence[Mapping[str, str]] = ()
 ) -> list[str]:
@@ -707,10 +719,11 @@ def new_series_sums(
     What :func:`increase_parts` adds to the bare ``increase`` for those pods; the
     recorded mode adds it to a rule's rows (which hold that ``increase``)
     instead of asking the pods' whole workload raw. With ``histograms`` (the
-    new ``_sum`` series' labels, :func:`new_histograms_query`) each selector
-    also names the values of the labels the part keeps: that reads a superset
-    of the new bucket series (values of different histograms combine), never
-    fewer, and ``unless ... offset`` keeps exactly the new ones.
+    new ``_sum`` series' labels, :func:`new_histograms_query`) only their
+    buckets are read: named one by one by all their labels, or past
+    ``EXACT_HISTOGRAMS`` by the values of the labels the part keeps (a
+    superset: values of different histograms combine). Either way
+    ``unless ... offset`` keeps exactly the series new since ``t0``.
     """
     if family.level != "workload" or not w.new_series:
         return []
@@ -720,23 +733,34 @@ def new_series_sums(
     for part in family.parts:
         for metric in part.metrics:
             one = Part((metric,), part.matchers, part.by, part.exclude_ports)
-            extra = [w.pod_matcher(w.new_series)]
+            sels = [part_selector(bare, one, [w.pod_matcher(w.new_series)])]
             if histograms:
                 stem = metric.removesuffix("_bucket") + "_sum"
+                equal = [m.groups() for m in map(_EQUAL.match, part.matchers) if m]
                 mine = [
                     h
                     for h in histograms
                     if h.get("__name__") == stem
                     and (h.get(w.labels.namespace, ""), h.get(w.labels.pod, "")) in pods
+                    and all(h.get(lbl, "") == v for lbl, v in equal)
                 ]
                 if not mine:
                     continue
-                for lbl in part.by:
-                    if lbl == "le":
-                        continue
-                    values = sorted({h.get(lbl, "") for h in mine})
-                    extra.append(f"{lbl}=~{quote('|'.join(regex_escape(v) for v in values))}")
-            sel = part_selector(bare, one, extra)
-            q = f"sum by ({sum_labels(w, one, False)}) ({sel} unless {sel} offset {w.offset})"
+                if len(mine) <= EXACT_HISTOGRAMS:
+                    # Each new histogram's own buckets, by all of its labels.
+                    sels = [part_selector(bare, one, _exact(h)) for h in mine]
+                else:
+                    extra = [w.pod_matcher(w.new_series)]
+                    for lbl in part.by:
+                        if lbl == "le":
+                            continue
+                        values = sorted({h.get(lbl, "") for h in mine})
+                        alt = "|".join(regex_escape(v) for v in values)
+                        extra.append(f"{lbl}=~{quote(alt)}")
+                    sels = [part_selector(bare, one, extra)]
+            now = " or ".join(sels)
+            before = " or ".join(f"{x} offset {w.offset}" for x in sels)
+            new = f"({now}) unless ({before})" if len(sels) > 1 else f"{now} unless {before}"
+            q = f"sum by ({sum_labels(w, one, False)}) ({new})"
             out.append(f"{q} > 0" if family.positive_only else q)
     return out
