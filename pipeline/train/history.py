@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -224,6 +225,8 @@ def segment_chunks(
     consumer = make_consumer(cfg.kafka, "train", group_id=None)
     chunk: list[Decoded] = []
     n = 0
+    # the latest window end read per partition still to read from (-inf: none yet)
+    latest: dict[Any, float] = {tp: -math.inf for tp in tps if start[tp] < ends.get(tp, 0)}
     try:
         consumer.assign(tps)
         for tp, off in start.items():
@@ -239,6 +242,8 @@ def segment_chunks(
             if not polled:
                 done = {tp for tp in active if consumer.position(tp) >= ends.get(tp, 0)}
                 active -= done
+                for tp in done:
+                    latest.pop(tp, None)
                 continue
             for tp, records in polled.items():
                 if tp not in active:
@@ -267,15 +272,37 @@ def segment_chunks(
                         continue
                     chunk.append(batch)
                     n += len(batch.samples)
-                    if n >= CHUNK:
-                        yield chunk
-                        chunk, n = [], 0
+                    latest[tp] = max(latest.get(tp, end), end)
                 if tp not in active:
                     consumer.pause(tp)
+                    latest.pop(tp, None)
+            if n >= CHUNK:
+                ready, chunk = _aligned(chunk, latest, hold=n < 3 * CHUNK)
+                n -= sum(len(b.samples) for b in ready)
+                if ready:
+                    yield ready
     finally:
         consumer.close(autocommit=False)
     if chunk:
         yield chunk
+
+
+def _aligned(
+    chunk: list[Decoded], latest: dict[Any, float], *, hold: bool
+) -> tuple[list[Decoded], list[Decoded]]:
+    """Split a chunk into the windows every reading partition has passed and the
+    rest, so that a window reaches the detector in one piece: the detector's step
+    costs about as much per call as per route at a few hundred routes (two
+    calls per window measured 1.7x one). With ``hold`` False (the chunk has grown
+    large: a partition lags far behind) only the latest window is kept back."""
+    if not latest:
+        return chunk, []
+    mark = min(latest.values())
+    if not hold:
+        mark = max(mark, max(b.window_end for b in chunk))
+    ready = [b for b in chunk if b.window_end < mark]
+    rest = [b for b in chunk if b.window_end >= mark]
+    return ready, rest
 
 
 def file_chunks(path: Path, progress: Progress | None = None) -> Iterator[list[GoldenSample]]:
