@@ -10,7 +10,7 @@ windows keep it short). Then:
 - windows before Prometheus had data are gaps, never zeros;
 - ``meshwatch train --source prometheus`` trains, publishes, and the model
   loads and scores;
-- an unreachable Prometheus is a clear "no data" (exit 4) after its retries.
+- an unreachable Prometheus is a clear error (exit 1, retried by the CronJob) after its retries.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pipeline.simulate.prometheus import LocalPrometheus, PrometheusError, find_
 from pipeline.simulate.topology import default_demo_mesh
 from pipeline.train import simulated
 from pipeline.train.dataset import DatasetBuilder
-from pipeline.train.job import EXIT_NO_DATA, EXIT_PUBLISHED
+from pipeline.train.job import EXIT_ERROR, EXIT_PUBLISHED
 from pipeline.train.prometheus_history import HistoryUnavailableError, PrometheusHistory
 
 WINDOW = 1.0
@@ -270,7 +270,7 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_unreachable_prometheus_is_no_data_after_retries(
+def test_unreachable_prometheus_is_an_error_after_retries(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
@@ -280,7 +280,7 @@ def test_unreachable_prometheus_is_no_data_after_retries(
     code = main(["train", "-c", str(path), "--source", "prometheus", "--since", "1000",
                  "--until", "1100", "--no-event", "--scenario-windows", "0"])  # fmt: skip
     out = capsys.readouterr().out
-    assert code == EXIT_NO_DATA
+    assert code == EXIT_ERROR
     assert url in out and "unreachable" in out and "after 3 attempts" in out, out
     assert time.monotonic() - t0 < 30
 

@@ -201,8 +201,8 @@ def run(cfg: MeshwatchConfig, opts: TrainOptions, console: Console | None = None
             else:
                 _read(builder, cfg, opts, advance, stats)
                 ds = builder.finish()
-        except HistoryUnavailableError as exc:  # Prometheus unreachable or refusing: no data
-            result.exit_code = EXIT_NO_DATA
+        except HistoryUnavailableError as exc:  # transient: the CronJob retries exit 1
+            result.exit_code = EXIT_ERROR
             result.reasons.append(str(exc))
             return result
         except WorkerError as exc:  # a partial history would train a model that misses routes

@@ -37,8 +37,8 @@ the training sample downstream is bounded on its own.
 
 **Failures.** Every request has a timeout and is retried with doubling
 backoff; if Prometheus still does not answer, reading stops with
-:class:`HistoryUnavailableError` naming the URL and the cause (``train`` exits 4:
-no data).
+:class:`HistoryUnavailableError` naming the URL and the cause (``train`` exits 1,
+an error the CronJob retries: an outage is not "no data").
 """
 
 from __future__ import annotations
