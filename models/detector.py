@@ -748,6 +748,14 @@ class RouteDetector:
         extend = anomalous & np.isfinite(x[:, key_col])
         n = np.where(extend, n_prev + 1, np.where(normal, 0, n_prev))
         self.streak[rows, group] = n
+        if not extend.any():
+            # no anomalous run goes on (the usual case): runs end where the
+            # window is normal, the rest keep their sums, nothing is due
+            done = rows[normal]
+            for c in cols:
+                self.run_sum[done, c] = 0.0
+                self.run_sq[done, c] = 0.0
+            return np.zeros(rows.size, dtype=np.bool_)
         beta = min(1.0, 4.0 / max(p.rebaseline_windows, 1))
         for c in cols:
             xc = np.nan_to_num(x[:, c])
