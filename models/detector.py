@@ -187,7 +187,7 @@ class DetectorParams:
     mtls_min_increase: float = 0.10
     traffic_min_expected: float = 20.0
     traffic_drop_ratio: float = 0.5
-    traffic_surge_ratio: float = 2.0
+    traffic_surge_ratio: float = 3.0
     cert_min_ttl_seconds: float = 4 * 3600.0
     cert_min_ttl_fraction: float = 0.25
     # adaptation

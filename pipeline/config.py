@@ -478,7 +478,7 @@ class DetectorConfig(_Section):
     )
     traffic_drop_ratio: float = Field(0.5, gt=0, lt=1)
     traffic_surge_ratio: float = Field(
-        2.0, gt=1, description="A surge is at least this multiple of the expected rate."
+        3.0, gt=1, description="A surge is at least this multiple of the expected rate."
     )
     cert_min_ttl_seconds: float = Field(4 * 3600.0, gt=0)
     cert_min_ttl_fraction: float = Field(
