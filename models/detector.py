@@ -73,8 +73,14 @@ normal. Request rates are the exception: they learn from every window that
 is not anomalous (clipped), so the baseline follows the daily curve.
 
 **Re-baselining (a deploy that shifts latency and stays).** For latency and
-traffic, the detector counts consecutive judged anomalous windows and keeps
+traffic, the detector counts the windows of a run of shifted windows and keeps
 the mean, variance and a short moving average of the metric over that run.
+For latency a window is shifted when it is anomalous or merely suspicious
+(scored above ``learn_threshold``, so not learned either); a run survives up
+to ``rebaseline_gap`` calm windows in a row. Without both, a shift near
+``latency_min_ratio`` on a route with few requests (anomalous in some windows,
+not in others) restarted its run forever: never accepted, alerting again and
+again for hours.
 After ``rebaseline_windows`` (K) of them, if the new level is *stable* — its
 standard deviation over the run at most ``rebaseline_spread_factor`` times
 the usual spread, and the recent average within ``rebaseline_drift`` spreads
@@ -197,6 +203,7 @@ class DetectorParams:
     half_life_windows: float = 60.0
     traffic_half_life_windows: float = 30.0
     rebaseline_windows: int = 60
+    rebaseline_gap: int = 3
     rebaseline_spread_factor: float = 2.0
     rebaseline_drift: float = 1.0
     rebaseline_max_ratio: float = 4.0
@@ -282,6 +289,11 @@ def season_bins_per_period(p: DetectorParams) -> int:
     return max(p.season_bins // 2 if season_split(p) else p.season_bins, 1)
 
 
+#: state arrays newer than the checkpoint format, with the value an older
+#: checkpoint implies (its routes then restore warm instead of cold)
+_ADDED_LATER: dict[str, int] = {"calm": 0}
+
+
 class RouteDetector:
     """All per-route state of one detector instance, as parallel arrays."""
 
@@ -308,6 +320,8 @@ class RouteDetector:
         # re-baselining: consecutive anomalous windows per group, and the run's
         # sum, sum of squares and short moving average per metric
         self.streak = np.zeros((capacity, 2), dtype=np.int32)
+        # calm windows in a row inside the current run (a run survives a few)
+        self.calm = np.zeros((capacity, 2), dtype=np.int16)
         self.run_sum = np.zeros((capacity, N_METRICS))
         self.run_sq = np.zeros((capacity, N_METRICS))
         self.run_recent = np.zeros((capacity, N_METRICS))
@@ -360,6 +374,7 @@ class RouteDetector:
         self.evidence = padded(self.evidence, np.nan)
         self.evidence_t = padded(self.evidence_t, np.nan)
         self.streak = padded(self.streak, 0)
+        self.calm = padded(self.calm, 0)
         self.run_sum = padded(self.run_sum, 0.0)
         self.run_sq = padded(self.run_sq, 0.0)
         self.run_recent = padded(self.run_recent, 0.0)
@@ -379,6 +394,7 @@ class RouteDetector:
             "evidence": self.evidence,
             "evidence_t": self.evidence_t,
             "streak": self.streak,
+            "calm": self.calm,
             "run_sum": self.run_sum,
             "run_sq": self.run_sq,
             "run_recent": self.run_recent,
@@ -660,7 +676,11 @@ class RouteDetector:
         )
 
         # -- re-baselining after a lasting, stable shift (latency, traffic) ----
-        lat_anom = out["latency"].anomalous
+        # A shift near ``latency_min_ratio`` is anomalous in some windows and
+        # only suspicious (not learned, not anomalous) in others: the run goes
+        # on through those, or it would restart forever and the shift would
+        # alert again and again, never accepted and never learned.
+        lat_anom = out["latency"].anomalous | (judged_lat & (lat_score >= p.learn_threshold))
         traffic_anom = (out["traffic_drop"].anomalous | out["traffic_surge"].anomalous) & (
             o.requests > 0
         )
@@ -680,6 +700,7 @@ class RouteDetector:
         b.reset(rows, LREQ, self._run_mean(rows, LREQ), rebased_tr)
         for mask, group in ((rebased_lat, G_LATENCY), (rebased_tr, G_TRAFFIC)):
             self.streak[rows[mask], group] = 0
+            self.calm[rows[mask], group] = 0
         out["latency"].rebaselined = rebased_lat
         out["traffic_drop"].rebaselined = rebased_tr & out["traffic_drop"].anomalous
         out["traffic_surge"].rebaselined = rebased_tr & out["traffic_surge"].anomalous
@@ -744,10 +765,18 @@ class RouteDetector:
         """Advance the anomalous-run statistics; True where a re-baseline is due."""
         p = self.params
         n_prev = self.streak[rows, group]
-        normal = judged & ~anomalous
-        extend = anomalous & np.isfinite(x[:, key_col])
+        calm_now = judged & ~anomalous
+        shifted = anomalous & np.isfinite(x[:, key_col])
+        # a run survives up to ``rebaseline_gap`` calm windows in a row (a
+        # noisy shifted level dips under the threshold now and then); they
+        # count in its level, so its mean is not biased towards the tail
+        gap = np.where(shifted, 0, self.calm[rows, group] + calm_now)
+        bridged = calm_now & (n_prev > 0) & (gap <= p.rebaseline_gap) & np.isfinite(x[:, key_col])
+        extend = shifted | bridged
+        normal = calm_now & ~bridged
         n = np.where(extend, n_prev + 1, np.where(normal, 0, n_prev))
         self.streak[rows, group] = n
+        self.calm[rows, group] = np.where(normal, 0, gap).astype(np.int16)
         if not extend.any():
             # no anomalous run goes on (the usual case): runs end where the
             # window is normal, the rest keep their sums, nothing is due
@@ -775,7 +804,7 @@ class RouteDetector:
         sd = spread[:, key_col]
         stable = np.sqrt(var) <= p.rebaseline_spread_factor * sd
         stable &= np.abs(self.run_recent[rows, key_col] - mean) <= p.rebaseline_drift * sd
-        return np.asarray(due & stable & extend, dtype=np.bool_)
+        return np.asarray(due & stable & shifted, dtype=np.bool_)
 
     # -- seasonality ----------------------------------------------------------
 
@@ -881,6 +910,9 @@ class RouteDetector:
         """
         n = len(keys)
         current = self.state_arrays()
+        arrays = dict(arrays)
+        for name in _ADDED_LATER.keys() - arrays.keys():  # a checkpoint of an older version
+            arrays[name] = np.full((n, *current[name].shape[1:]), _ADDED_LATER[name])
         missing = sorted(set(current) - set(arrays))
         if missing:
             raise ValueError(f"checkpoint lacks state arrays {missing}")

@@ -498,6 +498,12 @@ class DetectorConfig(_Section):
         description="A latency/traffic shift that holds a stable level this many windows "
         "becomes the new normal.",
     )
+    rebaseline_gap: int = Field(
+        3,
+        ge=0,
+        description="Calm windows in a row that a shifted run survives (a noisy new level "
+        "dips under the threshold now and then).",
+    )
     rebaseline_max_ratio: float = Field(4.0, ge=1.0)
     season_period_seconds: float = Field(
         86400.0, ge=0, description="Daily profile of the request rate; 0 turns it off."

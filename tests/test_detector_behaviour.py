@@ -214,3 +214,37 @@ def test_weekends_have_their_own_profile() -> None:
     assert sum(a for h, a in split if h >= last_two_weeks) == 0
     # one profile for all days calls the quiet weekend a drop
     assert sum(a for h, a in one if h >= last_two_weeks) > 5
+
+
+def _low_traffic_window(rng: np.random.Generator, median_ms: float) -> dict[str, object]:
+    from tests.test_detector_models import latency_window
+
+    reqs = int(rng.poisson(60))
+    return {"requests": float(reqs), "failures": 0.0, "mtls": float(reqs),
+            **latency_window(rng, reqs, median_ms)}  # fmt: skip
+
+
+def test_a_noisy_shift_near_the_practical_ratio_is_still_rebaselined() -> None:
+    """At 60 requests a window, a 1.6x deploy shift is anomalous in some windows
+    and merely suspicious or calm in others; the run must bridge those, or the
+    shift re-alerts for hours and is never accepted."""
+    rng = np.random.default_rng(20)
+    det = RouteDetector(DetectorParams(warmup_windows=30, rebaseline_windows=60))
+    series = [_low_traffic_window(rng, 20.0) for _ in range(200)]
+    series += [_low_traffic_window(rng, 32.0) for _ in range(400)]
+    v = run(det, series)
+    rebased = [i for i, x in enumerate(v) if x.kinds["latency"].rebaselined.any()]
+    assert len(rebased) == 1 and 200 + 60 - 1 <= rebased[0] < 200 + 90
+    assert not any(x.kinds["latency"].fired.any() for x in v[rebased[0] :])
+    assert not det.persistence["latency"].firing[0]
+
+
+def test_a_checkpoint_without_the_calm_counters_restores_warm() -> None:
+    rng = np.random.default_rng(21)
+    det = RouteDetector(DetectorParams(warmup_windows=20))
+    run(det, [normal_window(rng) for _ in range(30)])
+    old = {k: a for k, a in det.export_state(np.arange(1)).items() if k != "calm"}
+    fresh = RouteDetector(DetectorParams(warmup_windows=20))
+    rows = fresh.load_state(["shop/deploy/web/inbound/GET /a"], old)
+    assert fresh.windows[rows[0]] == 30
+    assert (fresh.calm[rows] == 0).all()

@@ -57,6 +57,7 @@ def params_from_config(cfg: DetectorConfig) -> DetectorParams:
         half_life_windows=cfg.adapt_half_life_windows,
         traffic_half_life_windows=cfg.traffic_half_life_windows,
         rebaseline_windows=cfg.rebaseline_windows,
+        rebaseline_gap=cfg.rebaseline_gap,
         rebaseline_max_ratio=cfg.rebaseline_max_ratio,
         season_period_seconds=cfg.season_period_seconds,
         season_bins=cfg.season_bins,
