@@ -184,7 +184,8 @@ def partition_sizes(cfg: MeshwatchConfig) -> dict[int, int]:
 def topic_bounds(cfg: MeshwatchConfig, since: float, until: float) -> tuple[float, float] | None:
     """The earliest and latest window end the golden topic holds, clipped to
     ``(since, until]``; None if it holds none there. (On the embedded broker the
-    end offset can be low by a batch: the upper bound may miss the last windows.)"""
+    end offset can be low by a batch or more; the upper bound is then the latest
+    window end of what one fetch from there brings, which may still be short.)"""
     topic = cfg.topics.golden
     consumer = make_consumer(probing_kafka(cfg.kafka), "train-bounds", group_id=None)
     try:
@@ -193,9 +194,10 @@ def topic_bounds(cfg: MeshwatchConfig, since: float, until: float) -> tuple[floa
         prober = Prober(consumer, tps)
         # every partition is probed at its beginning: a small one may report an end of 0
         first = prober.window_ends({tp: prober.begin.get(tp, 0) for tp in tps})
-        last = prober.window_ends(
-            {tp: prober.end[tp] - 1 for tp in tps if prober.end.get(tp, 0) > 0}
-        )
+        # the latest of the run fetched from the last reported offset: when the
+        # reported end is low, the fetch still brings the records past it
+        tails = prober.runs({tp: prober.end[tp] - 1 for tp in tps if prober.end.get(tp, 0) > 0})
+        last = {tp: max(end for _, end in run) for tp, run in tails.items() if run}
     finally:
         consumer.close(autocommit=False)
     ends = [t for t in (*first.values(), *last.values()) if t != INF]
