@@ -103,6 +103,10 @@ class LearnedModel:
     #: what fitting the offsets found (for the manifest; not needed to score)
     route_stats: dict[str, Any] = field(default_factory=dict)
     _route_rows: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+    #: per kind, its isolation forest's trees stacked for one vectorised walk
+    _forests: dict[str, FlatForest] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -154,7 +158,13 @@ class LearnedModel:
         est = self.estimators[kind]
         x = features[:, kind_columns(kind)]
         if isinstance(est, IsolationForest):
-            return np.asarray(-est.score_samples(x), dtype=np.float64)
+            flat = self._forests.get(kind)
+            if flat is None or flat.estimator is not est:
+                try:
+                    flat = self._forests[kind] = FlatForest(est)
+                except AttributeError:  # a forest of another scikit-learn layout
+                    return np.asarray(-est.score_samples(x), dtype=np.float64)
+            return flat.raw(x)
         return np.asarray(est.predict_proba(x)[:, 1], dtype=np.float64)
 
     def score(
@@ -186,6 +196,87 @@ class LearnedModel:
                 s[mask] = calibrate(self.reference[k], raw)
             out[k] = s
         return out
+
+
+class FlatForest:
+    """An isolation forest's trees stacked into flat node arrays, walked for all
+    trees and rows at once: ``-IsolationForest.score_samples`` (the raw score),
+    bit for bit.
+
+    scikit-learn scores a forest one tree at a time through joblib; in the
+    detector a call scores a few dozen windows, so its fixed cost per tree
+    (input checks, a joblib task, ``tree.apply``) was nearly all of the
+    trained layer's time, once per kind and round. Here a call is one walk of
+    ``max depth`` steps over (trees × rows) numpy arrays. The arithmetic is
+    the forest's own: the rows are cast to float32 as its input checks do,
+    compared with the float64 thresholds (missing values follow each node's
+    ``missing_go_to_left``), and each tree's leaf value ``path length +
+    average path length − 1`` is added in tree order before ``2 ** (−depth /
+    (trees × c(max_samples)))``.
+    """
+
+    def __init__(self, est: IsolationForest) -> None:
+        self.estimator = est
+        trees = [t.tree_ for t in est.estimators_]
+        sizes = np.array([t.node_count for t in trees], dtype=np.int64)
+        base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.roots = base
+        left, right, feature, threshold, missing_left, value = [], [], [], [], [], []
+        for i, (t, start) in enumerate(zip(trees, base.tolist(), strict=True)):
+            own = np.arange(t.node_count, dtype=np.int64) + start
+            leaf = t.children_left == -1  # sklearn's TREE_LEAF
+            # leaves point at themselves, so walking past one stays there
+            left.append(np.where(leaf, own, t.children_left + start))
+            right.append(np.where(leaf, own, t.children_right + start))
+            cols = np.asarray(est.estimators_features_[i], dtype=np.int64)
+            feature.append(np.where(leaf, 0, cols[np.maximum(t.feature, 0)]))
+            threshold.append(np.asarray(t.threshold, dtype=np.float64))
+            missing_left.append(np.asarray(t.missing_go_to_left, dtype=np.bool_))
+            # per node, the same sum scikit-learn forms per sample
+            value.append(
+                np.asarray(est._decision_path_lengths[i], dtype=np.float64)
+                + np.asarray(est._average_path_length_per_tree[i], dtype=np.float64)
+                - 1.0
+            )
+        self.left = np.concatenate(left)
+        self.right = np.concatenate(right)
+        self.feature = np.concatenate(feature)
+        self.threshold = np.concatenate(threshold)
+        self.missing_left = np.concatenate(missing_left)
+        self.value = np.concatenate(value)
+        self.depth = max((int(t.max_depth) for t in trees), default=0)
+        self.n_features = int(est.n_features_in_)
+        n = float(est._max_samples)
+        if n <= 1:
+            c = 0.0
+        elif n == 2:
+            c = 1.0
+        else:
+            c = float(2.0 * (np.log(n - 1.0) + np.euler_gamma) - 2.0 * (n - 1.0) / n)
+        self.denominator = len(trees) * c
+
+    def raw(self, x: FloatArray) -> FloatArray:
+        """``-est.score_samples(x)`` for a 2-D float array of the forest's features."""
+        n = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ModelError(f"expected (n, {self.n_features}) features, got {x.shape}")
+        # float32 as the forest's input checks make it, compared in float64
+        with np.errstate(over="ignore"):  # beyond float32: ±inf, as in the forest
+            xs = np.asarray(x, dtype=np.float32).astype(np.float64).ravel()
+        trees = self.roots.size
+        node = np.repeat(self.roots, n)
+        start = np.tile(np.arange(n, dtype=np.int64) * self.n_features, trees)
+        for _ in range(self.depth):
+            v = xs[start + self.feature[node]]
+            go_left = np.where(np.isnan(v), self.missing_left[node], v <= self.threshold[node])
+            node = np.where(go_left, self.left[node], self.right[node])
+        leaf_values = self.value[node].reshape(trees, n)
+        depths = np.zeros(n)
+        for t in range(trees):  # tree order, as scikit-learn sums them
+            depths += leaf_values[t]
+        # a forest of one-sample trees has depth 0 over 0: taken as 1 (as scikit-learn does)
+        ratio = depths / self.denominator if self.denominator != 0 else np.ones(n)
+        return np.asarray(2 ** (-ratio), dtype=np.float64)
 
 
 def calibrate(reference: FloatArray, raw: FloatArray) -> FloatArray:
@@ -356,6 +447,7 @@ _KIND_INDEX = {k: i for i, k in enumerate(LEARNED_KINDS)}
 __all__ = [
     "LEARNED_KINDS",
     "ROUTE_CLASSES",
+    "FlatForest",
     "LearnedModel",
     "ModelError",
     "calibrate",
