@@ -13,10 +13,70 @@ from types import EllipsisType
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special, stats
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+
+# The detector calls these a dozen times per round of a poll batch, on arrays
+# of a few hundred to a few thousand windows; ``scipy.stats``' generic
+# wrappers (argument parsing, support and validity masks, ``argsreduce``,
+# ``place``) cost more than the special functions themselves there. The
+# helpers below apply the same masks as those wrappers for the arguments
+# used here and call the distributions' own element functions
+# (``stats.poisson._sf`` etc., i.e. the same special functions): the values
+# are those of ``stats.poisson.sf`` and friends, element for element
+# (``tests/test_detector_models.py`` checks them against scipy on edge cases).
+
+
+def _poisson_sf(k: FloatArray, mu: FloatArray) -> FloatArray:
+    """``stats.poisson.sf(k, mu)`` for float arrays of one shape."""
+    out = np.zeros(k.shape)
+    ok = mu >= 0
+    out[~ok | np.isnan(k)] = np.nan
+    out[(k < 0) & ok] = 1.0  # below the support (-inf included)
+    cond = ok & (k >= 0) & np.isfinite(k)
+    if cond.any():
+        out[cond] = np.clip(stats.poisson._sf(k[cond], mu[cond]), 0, 1)
+    return out
+
+
+def _poisson_cdf(k: FloatArray, mu: FloatArray) -> FloatArray:
+    """``stats.poisson.cdf(k, mu)`` for float arrays of one shape."""
+    out = np.zeros(k.shape)
+    ok = mu >= 0
+    out[k == np.inf] = 1.0
+    out[~ok | np.isnan(k)] = np.nan
+    cond = ok & (k >= 0) & np.isfinite(k)
+    if cond.any():
+        out[cond] = np.clip(stats.poisson._cdf(k[cond], mu[cond]), 0, 1)
+    return out
+
+
+def _binom_sf(k: FloatArray, n: FloatArray, p: FloatArray) -> FloatArray:
+    """``stats.binom.sf(k, n, p)`` for float arrays of one shape."""
+    out = np.zeros(k.shape)
+    with np.errstate(invalid="ignore"):
+        ok = (n >= 0) & (n == np.round(n)) & (p >= 0) & (p <= 1)
+    out[~ok | np.isnan(k)] = np.nan
+    out[(k < 0) & ok] = 1.0
+    cond = ok & (k >= 0) & (k < n) & np.isfinite(k)
+    if cond.any():
+        out[cond] = np.clip(stats.binom._sf(k[cond], n[cond], p[cond]), 0, 1)
+    return out
+
+
+def _cdf_on_reals(cdf: Callable[[FloatArray], FloatArray], x: FloatArray) -> FloatArray:
+    """``dist.cdf(x)`` of a continuous distribution on the whole real line, valid
+    parameters, no loc/scale: NaN stays NaN, ±inf are 1 and 0."""
+    out = np.zeros(x.shape)
+    out[np.isnan(x)] = np.nan
+    out[x == np.inf] = 1.0
+    cond = np.isfinite(x)
+    if cond.any():
+        out[cond] = cdf(x[cond])
+    return out
 
 
 def binomial_surprise(k: npt.ArrayLike, n: npt.ArrayLike, p: npt.ArrayLike) -> FloatArray:
@@ -25,7 +85,7 @@ def binomial_surprise(k: npt.ArrayLike, n: npt.ArrayLike, p: npt.ArrayLike) -> F
     n_a = np.asarray(n, dtype=np.float64)
     p_a = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
     k_a, n_a, p_a = np.broadcast_arrays(k_a, n_a, p_a)
-    return _where_events(k_a, lambda hit: 1.0 - stats.binom.sf(k_a[hit] - 1, n_a[hit], p_a[hit]))
+    return _where_events(k_a, lambda hit: 1.0 - _binom_sf(k_a[hit] - 1, n_a[hit], p_a[hit]))
 
 
 def poisson_surprise(k: npt.ArrayLike, lam: npt.ArrayLike) -> FloatArray:
@@ -33,7 +93,7 @@ def poisson_surprise(k: npt.ArrayLike, lam: npt.ArrayLike) -> FloatArray:
     k_a = np.asarray(k, dtype=np.float64)
     lam_a = np.maximum(np.asarray(lam, dtype=np.float64), 1e-9)
     k_a, lam_a = np.broadcast_arrays(k_a, lam_a)
-    return _where_events(k_a, lambda hit: 1.0 - stats.poisson.sf(k_a[hit] - 1, lam_a[hit]))
+    return _where_events(k_a, lambda hit: 1.0 - _poisson_sf(k_a[hit] - 1, lam_a[hit]))
 
 
 def _where_events(
@@ -72,7 +132,8 @@ def poisson_drop_surprise(
         elif where.any():
             out[where] = poisson_drop_surprise(k_a[where], lam_a[where])
         return out
-    return np.asarray(1.0 - stats.poisson.cdf(k_a, lam_a), dtype=np.float64)
+    k_a, lam_a = np.broadcast_arrays(k_a, lam_a)
+    return np.asarray(1.0 - _poisson_cdf(k_a, lam_a), dtype=np.float64)
 
 
 def tail_score(z: npt.ArrayLike, dof: float, where: BoolArray | None = None) -> FloatArray:
@@ -97,11 +158,21 @@ def tail_score(z: npt.ArrayLike, dof: float, where: BoolArray | None = None) -> 
         return out
     if dof <= 0:
         return normal_score(z)
-    out = stats.t.cdf(np.asarray(z, dtype=np.float64), dof)
-    return np.asarray(np.nan_to_num(out, nan=0.0), dtype=np.float64)
+    z_a = np.asarray(z, dtype=np.float64)
+    if not np.isfinite(dof):  # scipy's t is the normal there
+        out = stats.t.cdf(z_a, dof)
+    else:
+        out = _cdf_on_reals(lambda x: stats.t._cdf(x, dof), z_a)
+    return _nan_to_zero(out)
 
 
 def normal_score(z: npt.ArrayLike) -> FloatArray:
     """Φ(z): a z-score as a probability-like score in [0, 1] (NaN → 0)."""
-    out = stats.norm.cdf(np.asarray(z, dtype=np.float64))
-    return np.asarray(np.nan_to_num(out, nan=0.0), dtype=np.float64)
+    return _nan_to_zero(_cdf_on_reals(special.ndtr, np.asarray(z, dtype=np.float64)))
+
+
+def _nan_to_zero(x: FloatArray) -> FloatArray:
+    """NaN as 0 (a CDF has no infinities, so this is ``nan_to_num(x, nan=0)``)."""
+    out = np.array(x, dtype=np.float64)
+    out[np.isnan(out)] = 0.0
+    return out
