@@ -872,7 +872,7 @@ class RouteDetector:
         if quick.any():
             quick &= ~pers.firing[rows]
         if quick.any():
-            quick &= popcount(pers.history[rows]) >= self._fire_need
+            quick[quick] = popcount(pers.history[rows[quick]]) >= self._fire_need[quick]
             r = rows[quick]
             pers.firing[r] = True
             pers.normal_streak[r] = 0

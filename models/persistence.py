@@ -16,13 +16,21 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 
+#: set bits of every byte value (for numpy < 2.0, which has no ``bitwise_count``)
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
 def popcount(x: IntArray) -> IntArray:
-    x = x.astype(np.uint64)
-    count = np.zeros(x.shape, dtype=np.int64)
-    while np.any(x):
-        count += (x & np.uint64(1)).astype(np.int64)
-        x = x >> np.uint64(1)
-    return count
+    """Set bits of each element's 64-bit pattern, as int64.
+
+    One C pass (``np.bitwise_count``, numpy >= 2.0) instead of a numpy pass
+    per bit: the detector asks this for every kind of every round.
+    """
+    bits = np.ascontiguousarray(x, dtype=np.int64).view(np.uint64)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(bits).astype(np.int64)
+    table = _BYTE_BITS[bits.view(np.uint8).reshape(*bits.shape, 8)]  # pragma: no cover
+    return np.asarray(table.sum(axis=-1), dtype=np.int64)  # pragma: no cover
 
 
 class Persistence:
@@ -56,7 +64,10 @@ class Persistence:
         firing = self.firing[rows]
         prev_streak = self.normal_streak[rows]
         streak = np.where(judged, np.where(anomalous, 0, prev_streak + 1), prev_streak)
-        fired = ~firing & judged & anomalous & (popcount(hist) >= self.fire_after)
+        # the window count only where it decides (anomalous windows are few)
+        fired = ~firing & judged & anomalous
+        if fired.any():
+            fired[fired] = popcount(hist[fired]) >= self.fire_after
         resolved = firing & judged & (streak >= self.resolve_after)
         new_firing = (firing | fired) & ~resolved
         # A fresh incident starts its resolve count at zero; a resolved one
