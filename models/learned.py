@@ -220,7 +220,6 @@ class FlatForest:
         trees = [t.tree_ for t in est.estimators_]
         sizes = np.array([t.node_count for t in trees], dtype=np.int64)
         base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self.roots = base
         left, right, feature, threshold, missing_left, value = [], [], [], [], [], []
         for i, (t, start) in enumerate(zip(trees, base.tolist(), strict=True)):
             own = np.arange(t.node_count, dtype=np.int64) + start
@@ -238,12 +237,15 @@ class FlatForest:
                 + np.asarray(est._average_path_length_per_tree[i], dtype=np.float64)
                 - 1.0
             )
-        self.left = np.concatenate(left)
-        self.right = np.concatenate(right)
-        self.feature = np.concatenate(feature)
-        self.threshold = np.concatenate(threshold)
-        self.missing_left = np.concatenate(missing_left)
-        self.value = np.concatenate(value)
+        # Nodes are addressed by twice their index, so the next node is one
+        # lookup: at 2i + 1 the left child (the comparison came out true), at
+        # 2i the right one; each node's fields are stored at both addresses.
+        self.child = 2 * np.stack([np.concatenate(right), np.concatenate(left)], axis=1).ravel()
+        self.feature = np.repeat(np.concatenate(feature), 2)
+        self.threshold = np.repeat(np.concatenate(threshold), 2)
+        self.missing_left = np.repeat(np.concatenate(missing_left), 2)
+        self.value = np.repeat(np.concatenate(value), 2)
+        self.roots = 2 * base
         self.depth = max((int(t.max_depth) for t in trees), default=0)
         self.n_features = int(est.n_features_in_)
         n = float(est._max_samples)
@@ -264,13 +266,16 @@ class FlatForest:
         with np.errstate(over="ignore"):  # beyond float32: ±inf, as in the forest
             xs = np.asarray(x, dtype=np.float32).astype(np.float64).ravel()
         trees = self.roots.size
-        node = np.repeat(self.roots, n)
+        node = np.repeat(self.roots, n)  # doubled node indices, tree after tree
         start = np.tile(np.arange(n, dtype=np.int64) * self.n_features, trees)
+        nan = bool(np.isnan(xs).any())
         for _ in range(self.depth):
-            v = xs[start + self.feature[node]]
-            go_left = np.where(np.isnan(v), self.missing_left[node], v <= self.threshold[node])
-            node = np.where(go_left, self.left[node], self.right[node])
-        leaf_values = self.value[node].reshape(trees, n)
+            v = xs.take(start + self.feature.take(node))
+            left = v <= self.threshold.take(node)
+            if nan:  # missing values go where the node sends them
+                left = np.where(np.isnan(v), self.missing_left.take(node), left)
+            node = self.child.take(node + left)
+        leaf_values = self.value.take(node).reshape(trees, n)
         depths = np.zeros(n)
         for t in range(trees):  # tree order, as scikit-learn sums them
             depths += leaf_values[t]
