@@ -160,6 +160,61 @@ def count_above(buckets: FloatArray, threshold: FloatArray, bounds: FloatArray) 
     requests). Inside the bucket holding the threshold, requests are taken
     as spread evenly (the same assumption as ``histogram_quantile``).
     """
+    if bounds.ndim == 1 and _sorted_finite_below_last(bounds) and buckets.ndim == 2:
+        return _count_above_shared(buckets, threshold, bounds)
+    return _count_above_general(buckets, threshold, bounds)
+
+
+def _sorted_finite_below_last(bounds: FloatArray) -> bool:
+    """Bounds the per-row shortcut handles: non-decreasing, non-negative, finite
+    except possibly the last (the +Inf bucket)."""
+    return bool(
+        bounds.size >= 1
+        and np.isfinite(bounds[:-1]).all()
+        and not np.isnan(bounds[-1])
+        and bounds[0] >= 0
+        and (np.diff(bounds) >= 0).all()
+    )
+
+
+def _count_above_shared(
+    buckets: FloatArray, threshold: FloatArray, bounds: FloatArray
+) -> FloatArray:
+    """:func:`count_above` for one shared, sorted bucket layout, the same numbers.
+
+    The general form builds the (rows × buckets) share of each bucket above
+    the threshold with a dozen full passes. With sorted bounds that share is
+    0 for the buckets wholly below a finite threshold, 1 for those wholly
+    above and a fraction only in the bucket holding it, so it is built from
+    one comparison and one value per row; the products and their row sums
+    are those of the general form, element for element. Rows with a
+    non-finite threshold take the general form.
+    """
+    b = buckets.shape[1]
+    finite = np.isfinite(threshold)
+    t = np.where(finite, threshold, 0.0)
+    # the bucket holding t: the first whose upper bound is above it
+    k = np.searchsorted(bounds, t, side="right")
+    upper_k = bounds[np.minimum(k, b - 1)]
+    lower_k = np.where(k > 0, bounds[np.maximum(k - 1, 0)], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inside = np.where(np.isinf(upper_k), 1.0, (upper_k - t) / (upper_k - lower_k))
+    part = np.where(lower_k >= t, 1.0, np.clip(inside, 0.0, 1.0))
+    above = np.arange(b)[None, :] > k[:, None]
+    prod = buckets * above
+    has = k < b
+    rows = np.flatnonzero(has)
+    prod[rows, k[has]] = buckets[rows, k[has]] * part[has]
+    out = np.asarray(prod.sum(axis=1), dtype=np.float64)
+    if not finite.all():
+        odd = ~finite
+        out[odd] = _count_above_general(buckets[odd], threshold[odd], bounds)
+    return out
+
+
+def _count_above_general(
+    buckets: FloatArray, threshold: FloatArray, bounds: FloatArray
+) -> FloatArray:
     upper = bounds[None, :] if bounds.ndim == 1 else bounds
     zero = np.zeros((upper.shape[0], 1))
     lower = np.concatenate([zero, upper[:, :-1]], axis=1)
