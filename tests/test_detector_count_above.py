@@ -42,3 +42,15 @@ def test_count_above_spreads_the_threshold_bucket() -> None:
     buckets = np.array([[0.0, 10.0, 0.0]])
     got = count_above(buckets, np.array([1.5]), np.array([1.0, 2.0, np.inf]))
     np.testing.assert_array_equal(got, [5.0])  # half of the (1, 2] bucket lies above 1.5
+
+
+def test_nan_to_num_equals_numpy() -> None:
+    from models.detector import _nan_to_num
+
+    x = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e308, -1e308, 3.5, -2.0])
+    for nan in (0.0, 0.05, 10.0, np.inf):
+        got, want = _nan_to_num(x, nan=nan), np.nan_to_num(x, nan=nan)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    ints = np.array([1, 2, 3])
+    np.testing.assert_array_equal(_nan_to_num(ints), ints)
