@@ -315,8 +315,10 @@ class Observations:
     window_seconds: FloatArray | None = None  # default 10 s
 
     def take(self, idx: IntArray) -> Observations:
+        # ``take`` along rows: the same copy as ``a[idx]``, and several times
+        # cheaper for the (n, buckets) arrays
         fields: dict[str, Any] = {
-            k: (None if getattr(self, k) is None else getattr(self, k)[idx])
+            k: (None if getattr(self, k) is None else np.take(getattr(self, k), idx, axis=0))
             for k in self.__dataclass_fields__
         }
         return Observations(**fields)
