@@ -13,9 +13,11 @@ this one process, on the same messages, alternating:
   (b)  detector   the real ``StageRunner`` + ``DetectorProcessor`` in a fresh
                   group: decode, detect, produce findings, flush, commit;
   (c)  engine     ``DetectionEngine.process_columns`` alone on pre-decoded
-                  columns of poll-sized batches (no Kafka, no decoding);
-  (d)  decode     the stage's decoding alone (no Kafka), next to pydantic and
-                  a bare ``orjson.loads``.
+                  columns of the poll batches the first (b) run received (same
+                  messages per batch, so the same rounds: a batch holding several
+                  windows of a route is judged one window per route at a time);
+  (d)  decode     the stage's decoding alone (no Kafka) of the same batches,
+                  next to pydantic and a bare ``orjson.loads``.
 
 Both consumers pause the cyclic GC while a poll batch is in hand, as the
 stage loop does. Rates are route-samples per second; (b)/(a) is the number
@@ -173,6 +175,8 @@ class _Timed:
     cpu = float("nan")
     gc_clock: GcClock
     batch_sizes: list[int]
+    #: the raw values of every poll batch handled, in order (for (c) and (d))
+    polls: list[list[bytes]]
     stats: Any
 
     def _handle(self, records: Sequence[Any]) -> None:
@@ -181,6 +185,7 @@ class _Timed:
             self.cpu0 = time.process_time()
             self.gc_clock.on = True
         self.batch_sizes.append(len(records))
+        self.polls.append([r.value for r in records])
         super()._handle(records)  # type: ignore[misc]
         if self.stats.consumed >= self.expected:
             self.last = time.perf_counter()
@@ -200,6 +205,7 @@ def detector_stage(cfg: MeshwatchConfig, expected: int, timeout: float) -> Run:
     )
     runner.expected = expected
     runner.batch_sizes = []
+    runner.polls = []
     timer = threading.Timer(timeout, runner.stop)
     timer.daemon = True
     timer.start()
@@ -228,6 +234,7 @@ def detector_stage(cfg: MeshwatchConfig, expected: int, timeout: float) -> Run:
             "mean_batch": sum(runner.batch_sizes) / max(len(runner.batch_sizes), 1),
             "gc_seconds": clock.seconds,
             "gc_count": clock.count,
+            "polls": runner.polls,
         },
     )
 
@@ -235,36 +242,36 @@ def detector_stage(cfg: MeshwatchConfig, expected: int, timeout: float) -> Run:
 # -- (c), (d) in memory --------------------------------------------------------------
 
 
-def engine_only(
-    cfg: MeshwatchConfig, raws: list[bytes], chunk: int, *, trained: bool = True
-) -> Run:
-    """DetectionEngine.process_columns on pre-decoded poll-sized batches, same order
+def engine_only(cfg: MeshwatchConfig, polls: list[list[bytes]], *, trained: bool = True) -> Run:
+    """DetectionEngine.process_columns on pre-decoded poll batches, same order
     (``trained=False``: without the trained-model layer, baselines only)."""
     engine = DetectionEngine(cfg.detector)
     if not trained:
         engine.scoring = ModelScoring(use_default=False)
     took = cpu = 0.0
     findings = 0
-    for i in range(0, len(raws), chunk):
-        cols, _ = columnar.columns([columnar.decode_golden(r) for r in raws[i : i + chunk]])
+    for batch in polls:
+        cols, _ = columnar.columns([columnar.decode_golden(r) for r in batch])
         t, c = time.perf_counter(), time.process_time()
         findings += len(engine.process_columns(cols))
         took += time.perf_counter() - t
         cpu += time.process_time() - c
-    return Run(took, len(raws), engine.samples_seen, cpu=cpu, extra={"findings": findings})
+    n = sum(map(len, polls))
+    return Run(took, n, engine.samples_seen, cpu=cpu, extra={"findings": findings})
 
 
-def decode_only(raws: list[bytes], samples: int, chunk: int) -> tuple[Run, Run, Run]:
-    """(stage's decoding, pydantic, orjson.loads) over all messages, GC paused
-    per poll-sized chunk as in the loop."""
+def decode_only(polls: list[list[bytes]], samples: int) -> tuple[Run, Run, Run]:
+    """(stage's decoding, pydantic, orjson.loads) of the poll batches, GC paused
+    per batch as in the loop."""
+    n = sum(map(len, polls))
 
     def timed(fn: Any) -> Run:
         gc.disable()
         try:
             t, c = time.perf_counter(), time.process_time()
-            for i in range(0, len(raws), chunk):
-                fn(raws[i : i + chunk])
-            return Run(time.perf_counter() - t, len(raws), samples, cpu=time.process_time() - c)
+            for batch in polls:
+                fn(batch)
+            return Run(time.perf_counter() - t, n, samples, cpu=time.process_time() - c)
         finally:
             gc.enable()
 
@@ -369,10 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 dets.append(detector_stage(cfg, n_msgs, args.timeout))
             pyds.append(reference_consume(cfg, n_msgs, args.timeout, fast=False))
-            chunk = max(1, round(dets[0].extra["mean_batch"]))
-            engs.append(engine_only(cfg, raws, chunk))
-            bases.append(engine_only(cfg, raws, chunk, trained=False))
-            decs.append(decode_only(raws, n_samples, chunk))
+            if rep:  # only the first run's batches are kept (85 MiB of values each)
+                dets[-1].extra.pop("polls", None)
+            polls = dets[0].extra["polls"]
+            engs.append(engine_only(cfg, polls))
+            bases.append(engine_only(cfg, polls, trained=False))
+            decs.append(decode_only(polls, n_samples))
             load.append(os.getloadavg()[0])
         _, peak = rss_mib()
 
@@ -404,7 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{det.polls} batches of ~{det.extra['mean_batch']:.0f} msgs, "
         f"{det.extra['findings']} findings, {det.extra['dead_lettered']} DLQ",
     )
-    line(f"(c)  engine alone ({chunk} msgs/call)", eng, f"{eng.extra['findings']} findings")
+    line(
+        f"(c)  engine alone ({len(polls)} calls, (b)'s batches)",
+        eng,
+        f"{eng.extra['findings']} findings",
+    )
     line(
         "(c0) engine alone, baselines only (no trained layer)",
         base,
