@@ -853,24 +853,26 @@ class RouteDetector:
         n = np.where(extend, n_prev + 1, np.where(normal, 0, n_prev))
         self.streak[rows, group] = n
         self.calm[rows, group] = np.where(normal, 0, gap).astype(np.int16)
-        if not extend.any():
-            # no anomalous run goes on (the usual case): runs end where the
-            # window is normal, the rest keep their sums, nothing is due
-            done = rows[normal]
-            for c in cols:
-                self.run_sum[done, c] = 0.0
-                self.run_sq[done, c] = 0.0
+        # Runs end where the window is normal; only the (few) rows whose run
+        # goes on or starts change their sums; the rest keep theirs.
+        done = rows[normal]
+        for c in cols:
+            self.run_sum[done, c] = 0.0
+            self.run_sq[done, c] = 0.0
+        if not extend.any():  # no run goes on (the usual round): nothing is due
             return np.zeros(rows.size, dtype=np.bool_)
         beta = min(1.0, 4.0 / max(p.rebaseline_windows, 1))
+        at = np.flatnonzero(extend)
+        going = rows[at]
+        restart = n_prev[at] == 0
         for c in cols:
-            xc = _nan_to_num(x[:, c])
-            restart = extend & (n_prev == 0)
-            s = np.where(restart, 0.0, self.run_sum[rows, c])
-            q = np.where(restart, 0.0, self.run_sq[rows, c])
-            r = np.where(restart, xc, self.run_recent[rows, c])
-            self.run_sum[rows, c] = np.where(extend, s + xc, np.where(normal, 0.0, s))
-            self.run_sq[rows, c] = np.where(extend, q + xc * xc, np.where(normal, 0.0, q))
-            self.run_recent[rows, c] = np.where(extend, r + beta * (xc - r), r)
+            xc = _nan_to_num(x[at, c])
+            s = np.where(restart, 0.0, self.run_sum[going, c])
+            q = np.where(restart, 0.0, self.run_sq[going, c])
+            r = np.where(restart, xc, self.run_recent[going, c])
+            self.run_sum[going, c] = s + xc
+            self.run_sq[going, c] = q + xc * xc
+            self.run_recent[going, c] = r + beta * (xc - r)
         due = n >= p.rebaseline_windows
         if not due.any():
             return due
