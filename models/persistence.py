@@ -69,11 +69,15 @@ class Persistence:
         if fired.any():
             fired[fired] = popcount(hist[fired]) >= self.fire_after
         resolved = firing & judged & (streak >= self.resolve_after)
-        new_firing = (firing | fired) & ~resolved
         # A fresh incident starts its resolve count at zero; a resolved one
-        # starts over with a clean history so it needs N of M again.
-        hist = np.where(resolved, 0, hist)
+        # starts over with a clean history so it needs N of M again. (Both
+        # are rare: the usual round writes the stepped arrays back as they are.)
+        any_resolved = bool(resolved.any())
+        if any_resolved:
+            hist = np.where(resolved, 0, hist)
         self.history[rows] = hist
-        self.firing[rows] = new_firing
-        self.normal_streak[rows] = np.where(fired | resolved, 0, streak)
+        if any_resolved or fired.any():
+            self.firing[rows] = (firing | fired) & ~resolved
+            streak = np.where(fired | resolved, 0, streak)
+        self.normal_streak[rows] = streak
         return fired, resolved
