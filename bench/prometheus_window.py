@@ -465,6 +465,7 @@ async def quiet_rounds(
         f"{'rec fold':>8} {'rec rows':>8} {'of rules':>8} {'raw pods':>8} {'load':>5}"
     )
     runs: list[tuple[float, ...]] = []
+    skipped: list[str] = []  # why a round's recorded window was not built
     nan = float("nan")
     with ThreadPoolExecutor(args.concurrency) as pool:
         for i in range(args.rounds):
@@ -476,6 +477,7 @@ async def quiet_rounds(
                 rc = cpu_seconds(pid) - cpu0
                 if rrep.skipped or rrep.mode != "recorded":
                     print(f"  {i:>5} recorded: {rrep.skipped or rrep.recorded_note}")
+                    skipped.append(str(rrep.skipped or rrep.recorded_note)[:120])
                 else:
                     rq, rf, rrows = rrep.query_seconds, rrep.fold_seconds, rrep.rows
                     rrules, rpods = rrep.recorded_rows, rrep.raw_pods
@@ -491,7 +493,19 @@ async def quiet_rounds(
             lw, lc, _, _ = await reference(source, end, pid, "linkerd", pool)
             load = os.getloadavg()[0]
             runs.append(
-                (report.query_seconds, cpu, report.fold_seconds, fw, fc, lw, lc, rq, rc, rf)
+                (
+                    report.query_seconds,
+                    cpu,
+                    report.fold_seconds,
+                    fw,
+                    fc,
+                    lw,
+                    lc,
+                    rq,
+                    rc,
+                    rf,
+                    report.samples,
+                )
             )
             print(
                 f"  {i:>5} {report.query_seconds:>10.3f} {cpu:>6.2f} {report.fold_seconds:>7.3f} "
@@ -500,9 +514,10 @@ async def quiet_rounds(
                 f"{rpods:>8} {load:>5.1f}"
             )
     if not runs:
+        summary(runs, recorded is not None, skipped)
         return
     med = [statistics.median(col) for col in zip(*runs, strict=True)]
-    q, cpu, fold_s, fw, fc, lw, lc, rq, rc, rf = med
+    q, cpu, fold_s, fw, fc, lw, lc, rq, rc, rf, _ = med
     print(
         f"  median: window {q:.3f}s query ({cpu:.2f} Prometheus CPU s), fold {fold_s:.3f}s; "
         f"floor {fw:.3f}s ({fc:.2f}); Linkerd shape {lw:.3f}s ({lc:.2f})"
@@ -518,6 +533,37 @@ async def quiet_rounds(
             f"recorded / raw {rq / q:.2f}x wall, {rc / cpu:.2f}x CPU; recorded / floor "
             f"{rq / fw:.2f}x wall, {rc / fc:.2f}x CPU; recorded / 2 s budget {rq / BUDGET:.2f}x"
         )
+    summary(runs, recorded is not None, skipped)
+
+
+def summary(runs: list[tuple[float, ...]], recorded: bool, skipped: list[str]) -> None:
+    """One line to compare quiet re-runs by: the recorded window against the budget and the floor.
+
+    Medians over the quiet rounds whose recorded window was built; when none
+    was (the rules never covered a window every rule evaluated), says so.
+    """
+    routes = statistics.median(r[-1] for r in runs) if runs else 0
+    q = statistics.median(r[0] for r in runs) if runs else math.nan
+    fw = statistics.median(r[3] for r in runs) if runs else math.nan
+    rec = [r for r in runs if not math.isnan(r[7])]
+    if not recorded or not rec:
+        why = "not asked (--no-recorded)" if not recorded else f"never built ({'; '.join(skipped)})"
+        print(
+            f"SUMMARY routes={routes:,.0f} recorded window {why}; raw_window_query_s={q:.3f} "
+            f"-> {q / BUDGET:.2f}x the {BUDGET:g} s budget; floor_s={fw:.3f}; {load_line()}"
+        )
+        return
+    rq = statistics.median(r[7] for r in rec)
+    rc = statistics.median(r[8] for r in rec)
+    rfw = statistics.median(r[3] for r in rec)
+    verdict = "MET" if rq < BUDGET else "NOT MET"
+    print(
+        f"SUMMARY routes={routes:,.0f} recorded_window_query_s={rq:.3f} (best "
+        f"{min(r[7] for r in rec):.3f}; {rc:.2f} Prometheus CPU s) vs budget {BUDGET:g} s: "
+        f"{rq / BUDGET:.2f}x, {verdict}; same-run floor_s={rfw:.3f}: recorded/floor "
+        f"{rq / rfw:.2f}x; raw_window_query_s={q:.3f}; medians of {len(rec)} quiet rounds "
+        f"({len(runs) - len(rec)} without a recorded window); {load_line()}"
+    )
 
 
 def _differ(rec: list[GoldenBatch], raw: list[GoldenBatch]) -> str:

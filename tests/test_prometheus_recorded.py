@@ -38,7 +38,13 @@ from pipeline.collect.promql import (
     golden_families,
     new_series_sums,
 )
-from pipeline.collect.promwindow import Coverage, raw_scope, recorded_rows, scoped_rows
+from pipeline.collect.promwindow import (
+    Coverage,
+    RawScope,
+    raw_scope,
+    recorded_rows,
+    scoped_rows,
+)
 from pipeline.collect.scrape import make_scrape_client
 from pipeline.collect.targets import Target
 from pipeline.config import MeshwatchConfig, load_config
@@ -155,6 +161,97 @@ def test_new_histogram_queries_name_them_and_parse_with_promtool(tmp_path: Path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_promtool_runs_a_bucket_rule_to_the_exact_window(tmp_path: Path) -> None:
+    """A per-workload bucket rule in Prometheus' own rule engine (``promtool test rules``).
+
+    Two pods of one workload, the second writing ``le`` as newer proxies do
+    (``"1.0"``), and a histogram new in the window: evaluated at 30 s, the rule
+    holds exactly the buckets of the window ending at 20 s that went up, summed
+    per workload, and its sentinel naming that window. The new histogram is
+    not in it (the recorded mode adds new series by a query of its own).
+    """
+    promtool = find_prometheus()
+    tool = None if promtool is None else Path(promtool).with_name("promtool")
+    if tool is None or not tool.exists():
+        pytest.skip("no promtool (Debian package prometheus)")
+    rules = rules_for(make_cfg(window=10.0, query_delay_seconds=2.0))
+    rule = next(r for r in rules.rules if r.record.endswith("route_response_latency_ms_bucket:0"))
+    groups = rules.to_yaml_obj()["groups"]
+    group = next(g for g in groups if g["name"] == rule.group)  # type: ignore[attr-defined]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [group]}))
+    # Cumulative buckets at 0 and 10 s, then at 20 and 30 s (evaluated at 30 s: 10-20 s).
+    before = [0, 0, 1, 2, 2, 5, 5, 5, 5, 5, 6, *([6] * 13), 6, 7]
+    after = [0, 1, 3, 4, 4, 9, 9, 9, 9, 9, 12, *([12] * 13), 12, 14]
+    fresh = [0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, *([2] * 13), 2, 3]  # new at 20 s
+    series: list[dict[str, str]] = []
+    want: dict[tuple[str, str], float] = {}
+
+    def add(pod: str, route: str, at10: list[int] | None, at20: list[int], newer: bool) -> None:
+        """The pod's 26 bucket series (``at10`` None: none before 20 s) and its window rows."""
+        for i, le in enumerate(LEGACY):
+            style = f"{float(le)}" if newer and le != "+Inf" else le
+            values = " ".join(["_" if at10 is None else str(at10[i])] * 2 + [str(at20[i])] * 2)
+            labels = (
+                f'job="linkerd-proxy", namespace="shop", pod="{pod}", deployment="web", '
+                f'direction="inbound", rt_route="{route}", le="{style}"'
+            )
+            series.append(
+                {"series": f"route_response_latency_ms_bucket{{{labels}}}", "values": values}
+            )
+            if at10 is not None:
+                want[(route, style)] = want.get((route, style), 0.0) + at20[i] - at10[i]
+
+    add("web-0", "GET /", before, after, newer=False)
+    add("web-1", "GET /", before, after, newer=True)
+    add("web-0", "POST /", None, fresh, newer=False)
+    name = f'__name__="{rule.record}", '
+    exp = [
+        {
+            "labels": (
+                f'{{{name}namespace="shop", deployment="web", direction="inbound", '
+                f'rt_route="{route}", le="{le}", {RULES_LABEL}="{rules.fingerprint}"}}'
+            ),
+            "value": v,
+        }
+        for (route, le), v in want.items()
+        if v != 0
+    ]
+    sentinel = f'{{{name}{SENTINEL_LABEL}="1", {RULES_LABEL}="{rules.fingerprint}"}}'
+    exp.append({"labels": sentinel, "value": 20})  # the window that ends at 20 s
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "10s",
+        "tests": [
+            {
+                "interval": "10s",
+                "input_series": series,
+                "promql_expr_test": [
+                    {"expr": rule.record, "eval_time": "30s", "exp_samples": exp},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    out = subprocess.run(
+        [str(tool), "test", "rules", "test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    # 24 finite buckets went up in each le style (le=1 did not), +Inf is one row for both
+    # pods, and the sentinel: no row of the new histogram.
+    assert len(exp) == 2 * 24 + 1 + 1
+
+
+LEGACY = [
+    *(str(b) for b in (1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500)),
+    *(str(b) for b in (1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000)),
+    "+Inf",
+]
+
+
 def _target(ns: str, pod: str, wl: str, kind: str = "deployment") -> Target:
     return Target(url=f"http://{pod}", namespace=ns, workload=wl, kind=kind, pod=pod)
 
@@ -193,7 +290,13 @@ def test_odd_pods_take_their_whole_workload_to_raw_rows() -> None:
     ]
     kept = recorded_rows(rows, scope, LABELS)
     assert [float(x["value"][1]) for x in kept] == [4, 6, 7]
-    assert all(RULES_LABEL not in x["metric"] for x in kept)
+    assert [float(x["value"][1]) for x in recorded_rows(rows, RawScope(), LABELS)] == [
+        3,
+        4,
+        5,
+        6,
+        7,
+    ]
     assert [float(x["value"][1]) for x in scoped_rows(rows, scope, LABELS)] == [3, 5]
 
 

@@ -215,6 +215,7 @@ def fold(
             metric = dict(row["metric"])
             name = metric.pop(NAME_LABEL, default_name)
             metric.pop("__name__", None)
+            metric.pop(RULES_LABEL, None)  # a rule's fingerprint (recorded_rows keeps it)
             ns = metric.pop(labels.namespace, "")
             pod = metric.pop(labels.pod, None)
             if pod is not None:
@@ -321,15 +322,22 @@ def sentinel_of(rows: Iterable[Row]) -> float | None:
 
 
 def recorded_rows(rows: Iterable[Row], scope: RawScope, labels: Labels) -> list[Row]:
-    """A rule's rows without its sentinel, its fingerprint label and the rows of ``scope``."""
-    out: list[Row] = []
-    for row in rows:
-        metric = row["metric"]
-        if SENTINEL_LABEL in metric or _owned(metric, scope, labels):
-            continue
-        clean = {k: v for k, v in metric.items() if k != RULES_LABEL}
-        out.append({"metric": clean, "value": row["value"]})
-    return out
+    """A rule's rows without its sentinel and the rows of ``scope``, as they came.
+
+    This runs on the event loop for every row of the window (~185,000 at
+    10,000 routes), inside its query time: rows are neither copied nor
+    relabelled here (``fold`` drops the fingerprint label from its own copy),
+    and without a raw scope (nearly always) nothing but the sentinel is looked
+    for. Copying each row without its ``mw_rules`` label cost 0.36 s per
+    185,000 rows.
+    """
+    if not scope:
+        return [row for row in rows if SENTINEL_LABEL not in row["metric"]]
+    return [
+        row
+        for row in rows
+        if SENTINEL_LABEL not in (metric := row["metric"]) and not _owned(metric, scope, labels)
+    ]
 
 
 def scoped_rows(
