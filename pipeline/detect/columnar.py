@@ -186,6 +186,7 @@ _key_parts = attrgetter("namespace", "workload_kind", "workload", "direction", "
 _buckets_of = attrgetter("latency_buckets")
 _bounds_of = attrgetter("latency_bounds_ms")
 _samples_of = attrgetter("samples")
+_workload_key_of = attrgetter("workload_key")
 
 Sample = FastSample | GoldenSample
 RouteParts = tuple[str, str, str, str, str]
@@ -200,6 +201,10 @@ class GoldenColumns:
     values: FloatArray  # (n, len(VALUE_FIELDS)); NaN where a value is absent
     buckets: FloatArray  # (n, b) per-bucket counts, zeros where absent
     bounds: FloatArray | None  # (n, b) upper bounds; None: the Linkerd layout for all
+    #: (workload_key, sample count) per message, in row order, when every
+    #: sample came from a fast-decoded message (lets the engine find a
+    #: message's rows once per message, see ``engine.RouteRows``)
+    spans: list[tuple[str, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -257,7 +262,11 @@ def columns(decoded: Sequence[Decoded]) -> tuple[GoldenColumns, list[Rejected]]:
         fast_pos = [p for j, p in enumerate(fast_pos) if j not in dropped]
         fast = [b for j, b in enumerate(fast) if j not in dropped]
     if not slow:
-        return cols if cols is not None else from_samples([]), rejected
+        if cols is None:
+            return from_samples([]), rejected
+        sizes = map(len, map(_samples_of, fast))
+        cols.spans = list(zip(map(_workload_key_of, fast), sizes, strict=True))
+        return cols, rejected
     # Rare: some messages went through pydantic; build once over everything.
     everything: list[Sample] = list(chain.from_iterable(map(_samples_of, fast)))
     everything.extend(chain.from_iterable(map(_samples_of, slow)))
