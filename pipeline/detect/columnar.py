@@ -186,7 +186,6 @@ _key_parts = attrgetter("namespace", "workload_kind", "workload", "direction", "
 _buckets_of = attrgetter("latency_buckets")
 _bounds_of = attrgetter("latency_bounds_ms")
 _samples_of = attrgetter("samples")
-_workload_key_of = attrgetter("workload_key")
 
 Sample = FastSample | GoldenSample
 RouteParts = tuple[str, str, str, str, str]
@@ -201,10 +200,10 @@ class GoldenColumns:
     values: FloatArray  # (n, len(VALUE_FIELDS)); NaN where a value is absent
     buckets: FloatArray  # (n, b) per-bucket counts, zeros where absent
     bounds: FloatArray | None  # (n, b) upper bounds; None: the Linkerd layout for all
-    #: (workload_key, sample count) per message, in row order, when every
-    #: sample came from a fast-decoded message (lets the engine find a
-    #: message's rows once per message, see ``engine.RouteRows``)
-    spans: list[tuple[str, int]] | None = None
+    #: sample count per message, in row order, when every sample came from
+    #: a fast-decoded message (lets the engine find a message's rows once
+    #: per message, see ``engine.RouteRows``)
+    spans: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -264,8 +263,7 @@ def columns(decoded: Sequence[Decoded]) -> tuple[GoldenColumns, list[Rejected]]:
     if not slow:
         if cols is None:
             return from_samples([]), rejected
-        sizes = map(len, map(_samples_of, fast))
-        cols.spans = list(zip(map(_workload_key_of, fast), sizes, strict=True))
+        cols.spans = list(map(len, map(_samples_of, fast)))
         return cols, rejected
     # Rare: some messages went through pydantic; build once over everything.
     everything: list[Sample] = list(chain.from_iterable(map(_samples_of, fast)))

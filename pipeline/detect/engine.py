@@ -108,13 +108,14 @@ class RouteRows:
     """Each sample's detector row from its key parts.
 
     A workload reports the same routes in the same order window after
-    window, so a message whose key parts equal those of its workload's
-    previous message takes that message's rows: one list comparison per
-    message instead of hashing five fresh strings per sample (≈0.2 µs per
-    sample). Anything else (a new or reordered route, samples without
-    message spans) goes through one dict lookup per sample. A
-    RouteDetector's rows never move (its table only grows), so both maps
-    hold for as long as the detector is the same object.
+    window (in messages of up to K routes), so a message whose key parts
+    equal those of the last message that began with the same route takes
+    that message's rows: one dict lookup and one list comparison per message
+    instead of hashing five fresh strings per sample. Anything else (a new
+    or reordered route, samples without message spans) goes through one
+    dict lookup per sample. A RouteDetector's rows never move (its table
+    only grows), so the maps hold for as long as the detector is the same
+    object.
     """
 
     def __init__(self) -> None:
@@ -122,45 +123,44 @@ class RouteRows:
         self.row_of: dict[RouteParts, int] = {}
         #: row → the interned key parts the row map holds for it
         self.parts_at: list[RouteParts] = []
-        #: workload key → (its last message's interned key parts, their rows)
-        self.by_workload: dict[str, tuple[list[RouteParts], list[int]]] = {}
+        #: a message's first key parts → (its interned key parts, their rows)
+        self.by_message: dict[RouteParts, tuple[list[RouteParts], list[int]]] = {}
 
     def __call__(
-        self,
-        det: RouteDetector,
-        parts: list[RouteParts],
-        spans: list[tuple[str, int]] | None = None,
+        self, det: RouteDetector, parts: list[RouteParts], spans: list[int] | None = None
     ) -> IntArray:
         if det is not self.det:
-            self.det, self.row_of, self.parts_at, self.by_workload = det, {}, [], {}
+            self.det, self.row_of, self.parts_at, self.by_message = det, {}, [], {}
         if spans is None:
             return np.fromiter(self._lookup(det, parts), np.int64, len(parts))
-        by_workload = self.by_workload
+        by_message = self.by_message
         out: list[int] = []
-        missed: list[tuple[str, int, int]] = []  # (workload key, start, end)
+        missed: list[tuple[int, int]] = []  # (start, end)
         start = 0
-        for wk, n in spans:
+        for n in spans:
             end = start + n
-            known = by_workload.get(wk)
-            if known is not None and known[0] == parts[start:end]:
-                out.extend(known[1])
-            else:
-                missed.append((wk, start, end))
-                out.extend([-1] * n)
+            if n:
+                known = by_message.get(parts[start])
+                if known is not None and known[0] == parts[start:end]:
+                    out.extend(known[1])
+                else:
+                    missed.append((start, end))
+                    out.extend([-1] * n)
             start = end
         if missed:
             # one lookup for every missed message (new routes get their rows
             # in one call, in batch order, as without spans)
-            rows = self._lookup(det, [p for _, a, b in missed for p in parts[a:b]])
-            if len(by_workload) > len(self.row_of) + 1024:
-                by_workload.clear()  # a bound (odd keys), rebuilt on demand
+            rows = self._lookup(det, [p for a, b in missed for p in parts[a:b]])
+            if len(by_message) > len(self.row_of) + 1024:
+                by_message.clear()  # a bound (odd messages), rebuilt on demand
             parts_at = self.parts_at
             at = 0
-            for wk, a, b in missed:
+            for a, b in missed:
                 seg = rows[at : at + b - a]
                 at += b - a
                 out[a:b] = seg
-                by_workload[wk] = (list(map(parts_at.__getitem__, seg)), seg)
+                interned = list(map(parts_at.__getitem__, seg))
+                by_message[interned[0]] = (interned, seg)
         return np.fromiter(out, np.int64, len(parts))
 
     def _lookup(self, det: RouteDetector, parts: list[RouteParts]) -> list[int]:
