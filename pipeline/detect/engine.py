@@ -33,7 +33,7 @@ from pipeline.detect.columnar import GoldenColumns, IntArray, RouteParts
 from pipeline.detect.scoring import ModelScoring
 from pipeline.keys import route_key as make_route_key
 from pipeline.keys import workload_key as make_workload_key
-from pipeline.schema import EvidencePoint, Finding, GoldenBatch, GoldenSample, finding_id
+from pipeline.schema import Finding, GoldenBatch, GoldenSample, finding_id
 
 
 def params_from_config(cfg: DetectorConfig) -> DetectorParams:
@@ -353,11 +353,13 @@ class DetectionEngine:
         # iterating numpy scalars
         ts = det.evidence_t[row].tolist()
         vals = det.evidence[row, ki].tolist()
-        evidence = tuple(
-            EvidencePoint(t=t, value=None if math.isnan(x) else _round(x))
+        # plain dicts: the Finding's validator builds the EvidencePoints in one
+        # pass (~3x cheaper than constructing each model here; same points)
+        evidence = [
+            {"t": t, "value": None if math.isnan(x) else _round(x)}
             for t, x in zip(ts, vals, strict=True)
             if not math.isnan(t)
-        )
+        ]
         started = float(det.started[row, ki]) or s.window_end
         return Finding(
             id=finding_id(s.route_key, kind, s.window_end, status),
