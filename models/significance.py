@@ -25,9 +25,16 @@ BoolArray = npt.NDArray[np.bool_]
 # ``place``) cost more than the special functions themselves there. The
 # helpers below apply the same masks as those wrappers for the arguments
 # used here and call the distributions' own element functions
-# (``stats.poisson._sf`` etc., i.e. the same special functions): the values
-# are those of ``stats.poisson.sf`` and friends, element for element
-# (``tests/test_detector_models.py`` checks them against scipy on edge cases).
+# (``special.pdtrc``/``pdtr``/``stdtr``, public, which is what scipy's
+# distributions call): the values are those of ``stats.poisson.sf`` and
+# friends, element for element (``tests/test_significance_exact.py`` checks
+# them against scipy on edge cases). The binomial's element function has no
+# public twin that agrees to the last bit (scipy moved it to Boost), so the
+# distribution's own ``_sf`` is used where it exists and the public, slower
+# ``stats.binom.sf`` where a future scipy drops it.
+_BINOM_SF: Callable[[FloatArray, FloatArray, FloatArray], FloatArray] = getattr(
+    stats.binom, "_sf", stats.binom.sf
+)
 
 
 def _poisson_sf(k: FloatArray, mu: FloatArray) -> FloatArray:
@@ -38,7 +45,7 @@ def _poisson_sf(k: FloatArray, mu: FloatArray) -> FloatArray:
     out[(k < 0) & ok] = 1.0  # below the support (-inf included)
     cond = ok & (k >= 0) & np.isfinite(k)
     if cond.any():
-        out[cond] = np.clip(stats.poisson._sf(k[cond], mu[cond]), 0, 1)
+        out[cond] = np.clip(special.pdtrc(np.floor(k[cond]), mu[cond]), 0, 1)
     return out
 
 
@@ -50,7 +57,7 @@ def _poisson_cdf(k: FloatArray, mu: FloatArray) -> FloatArray:
     out[~ok | np.isnan(k)] = np.nan
     cond = ok & (k >= 0) & np.isfinite(k)
     if cond.any():
-        out[cond] = np.clip(stats.poisson._cdf(k[cond], mu[cond]), 0, 1)
+        out[cond] = np.clip(special.pdtr(np.floor(k[cond]), mu[cond]), 0, 1)
     return out
 
 
@@ -63,7 +70,7 @@ def _binom_sf(k: FloatArray, n: FloatArray, p: FloatArray) -> FloatArray:
     out[(k < 0) & ok] = 1.0
     cond = ok & (k >= 0) & (k < n) & np.isfinite(k)
     if cond.any():
-        out[cond] = np.clip(stats.binom._sf(k[cond], n[cond], p[cond]), 0, 1)
+        out[cond] = np.clip(_BINOM_SF(k[cond], n[cond], p[cond]), 0, 1)
     return out
 
 
@@ -162,7 +169,7 @@ def tail_score(z: npt.ArrayLike, dof: float, where: BoolArray | None = None) -> 
     if not np.isfinite(dof):  # scipy's t is the normal there
         out = stats.t.cdf(z_a, dof)
     else:
-        out = _cdf_on_reals(lambda x: stats.t._cdf(x, dof), z_a)
+        out = _cdf_on_reals(lambda x: special.stdtr(dof, x), z_a)
     return _nan_to_zero(out)
 
 
