@@ -170,6 +170,32 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: read=False: a read timeout surfaces as requests.ReadTimeout, not wrapped as
+#: a connection error ("Max retries exceeded"); total=0: the callers retry
+#: on their own terms (within a window's deadline, or with backoff).
+NO_RETRY = Retry(total=0, read=False, raise_on_status=False)
+
+
+def connect(pcfg: PrometheusSourceConfig) -> tuple[PrometheusConnect, requests.Session]:
+    """A ``prometheus-api-client`` connection with the configured TLS, headers and
+    bearer token and none of the library's own retries, and its session (the
+    collector's instant queries and the training job's range queries share it)."""
+    session = requests.Session()
+    session.verify = str(pcfg.ca_file) if pcfg.ca_file else pcfg.tls_verify
+    headers = {k: v.get_secret_value() for k, v in pcfg.headers.items()}
+    token = read_secret(pcfg.bearer_token, pcfg.bearer_token_file)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    prom = PrometheusConnect(
+        url=str(pcfg.url).rstrip("/"),
+        headers=headers,
+        retry=NO_RETRY,
+        session=session,
+        method=pcfg.method,
+    )
+    return prom, session
+
+
 class PromClient:
     """Instant queries through ``prometheus-api-client``, with our own retry policy.
 
@@ -178,26 +204,11 @@ class PromClient:
     """
 
     def __init__(self, pcfg: PrometheusSourceConfig) -> None:
-        session = requests.Session()
-        session.verify = str(pcfg.ca_file) if pcfg.ca_file else pcfg.tls_verify
-        headers = {k: v.get_secret_value() for k, v in pcfg.headers.items()}
-        token = read_secret(pcfg.bearer_token, pcfg.bearer_token_file)
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        # read=False: a read timeout surfaces as requests.ReadTimeout, not wrapped
-        # as a connection error ("Max retries exceeded").
-        no_retry = Retry(total=0, read=False, raise_on_status=False)
         self.url = str(pcfg.url).rstrip("/")
         self._method = pcfg.method
-        self._prom = PrometheusConnect(
-            url=self.url,
-            headers=headers,
-            retry=no_retry,
-            session=session,
-            method=pcfg.method,
-        )
+        self._prom, session = connect(pcfg)
         # One connection per query in flight (the library's adapter keeps 10).
-        adapter = HTTPAdapter(pool_maxsize=pcfg.concurrency, max_retries=no_retry)
+        adapter = HTTPAdapter(pool_maxsize=pcfg.concurrency, max_retries=NO_RETRY)
         session.mount(self.url, adapter)
         self._session = session
 

@@ -54,13 +54,11 @@ from typing import Any, Protocol
 
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
-from prometheus_api_client.prometheus_connect import PrometheusConnect
-from urllib3.util.retry import Retry
 
-from pipeline.collect.prometheus_source import PrometheusSource
+from pipeline.collect.prometheus_source import PrometheusSource, connect
 from pipeline.collect.promql import info_query, new_series_query, quote
 from pipeline.collect.promwindow import Coverage, Row, cover, fold, read_info
-from pipeline.config import MeshwatchConfig, PrometheusSourceConfig, read_secret
+from pipeline.config import MeshwatchConfig, PrometheusSourceConfig
 from pipeline.schema import GoldenBatch, GoldenSample
 
 log = logging.getLogger(__name__)
@@ -96,21 +94,8 @@ class PromRangeClient:
     """
 
     def __init__(self, pcfg: PrometheusSourceConfig) -> None:
-        session = requests.Session()
-        session.verify = str(pcfg.ca_file) if pcfg.ca_file else pcfg.tls_verify
-        headers = {k: v.get_secret_value() for k, v in pcfg.headers.items()}
-        token = read_secret(pcfg.bearer_token, pcfg.bearer_token_file)
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         self.url = str(pcfg.url).rstrip("/")
-        self._prom = PrometheusConnect(
-            url=self.url,
-            headers=headers,
-            retry=Retry(total=0, read=False, raise_on_status=False),
-            session=session,
-            method=pcfg.method,
-        )
-        self._session = session
+        self._prom, self._session = connect(pcfg)
 
     def query_range(
         self, expr: str, start: float, end: float, step: float, timeout: float
