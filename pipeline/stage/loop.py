@@ -27,6 +27,7 @@ from pipeline.config import MeshwatchConfig
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.observe.stage_metrics import StageMetrics
 from pipeline.schema import DeadLetter, encode
+from pipeline.stage.batching import BalancedBatches
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,8 @@ class StageRunner:
         self.max_poll_records: int = (
             getattr(processor, "max_poll_records", None) or cfg.kafka.max_poll_records
         )
+        #: polled records not yet handled (uncommitted; dropped on revocation)
+        self._held = BalancedBatches(self.max_poll_records)
 
     @property
     def producer(self) -> KafkaProducer:
@@ -237,14 +240,21 @@ class StageRunner:
         try:
             while not self.stop_event.is_set():
                 self._last_loop = time.monotonic()
-                polled = consumer.poll(
-                    timeout_ms=self.cfg.kafka.poll_timeout_ms,
-                    max_records=self.max_poll_records,
-                )
-                records = [r for batch in polled.values() for r in batch]
+                # Poll while less than a batch is held (without waiting if
+                # anything is), then hand out a batch balanced over partitions.
+                polled = {}
+                if not self._held.full:
+                    polled = consumer.poll(
+                        timeout_ms=0 if len(self._held) else self.cfg.kafka.poll_timeout_ms,
+                        max_records=self.max_poll_records,
+                    )
                 while self._pending:
                     assigned, partitions = self._pending.pop(0)
+                    if not assigned:
+                        self._held.drop(partitions)
                     self._handle_rebalance(partitions, assigned)
+                self._held.add(polled)
+                records = self._held.take(len(self._assigned))
                 if records:
                     gc.disable()
                     try:
@@ -260,8 +270,9 @@ class StageRunner:
             self._close()
 
     def _close(self) -> None:
-        # Nothing uncommitted can be pending here: every batch is committed
-        # before the next poll, so closing needs only to leave the group.
+        # Nothing handled is uncommitted here: every batch is committed before
+        # the next poll. Records still held were never handled or committed:
+        # the partitions' next owner reads them again.
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -456,7 +467,7 @@ class StageRunner:
             high = consumer.highwater(tp)
             if high is None:
                 continue
-            behind = max(high - consumer.position(tp), 0)
+            behind = max(high - consumer.position(tp), 0) + self._held.held(tp)
             self.metrics.lag.labels(self.processor.name, tp.topic, str(tp.partition)).set(behind)
 
     # -- probes ---------------------------------------------------------------
