@@ -87,13 +87,24 @@ def test_a_limit_below_the_partition_count_still_makes_progress() -> None:
     assert sum(map(len, batches)) == 9
 
 
-def test_revoked_partitions_are_forgotten_and_full_is_a_whole_batch() -> None:
-    held = BalancedBatches(limit=8)
+def test_revoked_partitions_are_forgotten() -> None:
+    held = BalancedBatches(limit=8, hold=1)
     held.add(backlog({0: 5, 1: 4}))
     assert held.full
     assert held.drop([tp(0), tp(7)]) == 5
     assert len(held) == 4 and not held.full
     assert {r.partition for r in held.take(assigned=2)} == {1}
+
+
+def test_more_is_polled_only_for_partitions_not_held_yet_and_within_the_hold() -> None:
+    held = BalancedBatches(limit=10, hold=2)
+    held.add(backlog({0: 12}))
+    assert held.wants_more(assigned=3) and not held.full
+    held.add(backlog({1: 4, 2: 1}))
+    assert not held.wants_more(assigned=3)  # every assigned partition has records
+    held = BalancedBatches(limit=10, hold=2)
+    held.add(backlog({0: 20}))
+    assert held.full and not held.wants_more(assigned=3)  # no room: hand out first
 
 
 # -- the stage loop on the real broker --------------------------------------------

@@ -26,14 +26,18 @@ from kafka import TopicPartition
 class BalancedBatches:
     """Per-partition queues of polled records; :meth:`take` builds the next batch.
 
-    ``limit`` is the batch size in records (the stage's ``max_poll_records``).
+    ``limit`` is the batch size in records (the stage's ``max_poll_records``);
+    up to ``hold`` batches' worth is held while other partitions' records are
+    on their way.
     A partition gives at most its fair share of ``limit`` (over the partitions
     assigned, or holding records if more), so one long queue cannot fill a
     batch on its own; a stage assigned one partition still fills it.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, hold: int = 3) -> None:
         self.limit = max(int(limit), 1)
+        #: most records held, in batches: room to wait for the partitions not seen yet
+        self.capacity = self.limit * max(int(hold), 1)
         self._queues: dict[TopicPartition, list[Any]] = {}
         self._held = 0
 
@@ -42,8 +46,14 @@ class BalancedBatches:
 
     @property
     def full(self) -> bool:
-        """Enough is held for a whole batch: the stage need not poll for more first."""
-        return self._held >= self.limit
+        """As much is held as may be: the stage hands out batches before polling again."""
+        return self._held >= self.capacity
+
+    def wants_more(self, assigned: int) -> bool:
+        """Worth polling again before the next batch: some assigned partition has
+        nothing held yet and there is room (the caller asks only while polls
+        still bring records, so a partition without data never stalls a batch)."""
+        return self._held < self.capacity and len(self._queues) < assigned
 
     def held(self, tp: TopicPartition) -> int:
         """Records of one partition polled but not handled yet (part of its lag)."""

@@ -240,8 +240,10 @@ class StageRunner:
         try:
             while not self.stop_event.is_set():
                 self._last_loop = time.monotonic()
-                # Poll while less than a batch is held (without waiting if
-                # anything is), then hand out a batch balanced over partitions.
+                # Poll while there is room to hold more (without waiting if
+                # anything is held), then hand out a batch balanced over
+                # partitions; while fetches keep coming and some assigned
+                # partition has nothing held, poll again first.
                 polled = {}
                 if not self._held.full:
                     polled = consumer.poll(
@@ -254,6 +256,8 @@ class StageRunner:
                         self._held.drop(partitions)
                     self._handle_rebalance(partitions, assigned)
                 self._held.add(polled)
+                if polled and self._held.wants_more(len(self._assigned)):
+                    continue
                 records = self._held.take(len(self._assigned))
                 if records:
                     gc.disable()
