@@ -68,12 +68,25 @@ class RobustBaseline:
         """Signed distance from the level in spreads; NaN where x is NaN."""
         return (x - self.level[rows]) / self.effective_spread(rows)
 
-    def update(self, rows: IntArray, x: FloatArray, learn: BoolArray) -> None:
+    def update(
+        self,
+        rows: IntArray,
+        x: FloatArray,
+        learn: BoolArray,
+        spread_only: BoolArray | None = None,
+        spread_only_clip: float = 5.0,
+    ) -> None:
         """Fold observations ``x`` (rows × metrics) where ``learn`` and x is finite.
 
+        ``spread_only``: where set (and ``learn`` is not), the observation moves
+        the spread, its residual clipped at ``spread_only_clip`` spreads, but not
+        the level: a metric whose outliers must not move its level can still
+        learn how far it usually strays.
         ``rows`` must be unique within one call (the caller splits batches that
         hold the same route twice into rounds).
         """
+        if spread_only is not None:
+            self._learn_spread(rows, x, spread_only & ~learn & np.isfinite(x), spread_only_clip)
         ok = learn & np.isfinite(x)
         if not ok.any():
             return
@@ -101,6 +114,15 @@ class RobustBaseline:
         self.level[rows] = np.where(ok, new_level, level)
         self.spread[rows] = np.where(ok, new_spread, spread)
         self.count[rows] = n
+
+    def _learn_spread(self, rows: IntArray, x: FloatArray, ok: BoolArray, clip: float) -> None:
+        if not ok.any():
+            return
+        level = self.level.take(rows, axis=0)
+        spread = self.spread.take(rows, axis=0)
+        eff = np.maximum(spread, self.min_spread)
+        dev = np.minimum(np.abs(np.where(ok, x - level, 0.0)), clip * eff) * 1.2533
+        self.spread[rows] = np.where(ok, spread + self.alpha * (dev - spread), spread)
 
     def reset(self, rows: IntArray, col: int, level: FloatArray, mask: BoolArray) -> None:
         """Set column ``col``'s level to ``level`` where ``mask``; spread and count stay."""

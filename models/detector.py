@@ -72,6 +72,18 @@ of a firing incident, so neither an incident nor a slow creep is learned as
 normal. Request rates are the exception: they learn from every window that
 is not anomalous (clipped), so the baseline follows the daily curve.
 
+**Opt-in rules for plain series** (off in the mesh default; the real
+cloud-monitoring series of ``bench/quality`` turn them on, one configuration
+for all): ``traffic_surge_held_ratio`` lets a smaller surge count once it has
+held ``traffic_surge_hold_seconds`` (in time: one hourly window, sixty
+minute windows, so a busy service's routine minutes-long bursts stay under
+``traffic_surge_ratio``); ``traffic_spike_ratio`` fires on a lone one-window
+spike, judged when the next window is back down (persistence would filter
+it as a hiccup); ``error_outlier_spread_clip`` lets the windows the error
+level leaves out still widen its spread (clipped), so a series whose error
+bursts are routine stops alerting on each of them while the level stays
+clean.
+
 **Re-baselining (a deploy that shifts latency and stays).** For latency and
 traffic, the detector counts the windows of a run of shifted windows and keeps
 the mean, variance and a short moving average of the metric over that run.
@@ -260,11 +272,23 @@ class DetectorParams:
     error_min_ratio: float = 0.01
     error_min_factor: float = 2.0
     error_floor: float = 0.001
+    #: windows left out of the error level (anomalous, incident) still move the error
+    #: ratio's spread, their distance clipped at this many spreads (0: they do not)
+    error_outlier_spread_clip: float = 0.0
     tls_min_failures: int = 3
     mtls_min_increase: float = 0.10
     traffic_min_expected: float = 20.0
     traffic_drop_ratio: float = 0.5
     traffic_surge_ratio: float = 3.0
+    #: a lower surge ratio that counts once the surge has held ``traffic_surge_hold_seconds``
+    #: (0 turns it off): request rates double for hours in an incident, and for minutes
+    #: on busy services where such bursts are normal
+    traffic_surge_held_ratio: float = 0.0
+    traffic_surge_hold_seconds: float = 3600.0
+    #: a lone window at least this multiple of the expected rate, back under it in the
+    #: next window, fires a surge there (0 turns it off): a one-window spike, which
+    #: persistence would otherwise filter as a hiccup
+    traffic_spike_ratio: float = 0.0
     cert_min_ttl_seconds: float = 4 * 3600.0
     cert_min_ttl_fraction: float = 0.25
     # adaptation
@@ -364,7 +388,7 @@ def season_bins_per_period(p: DetectorParams) -> int:
 
 #: state arrays newer than the checkpoint format, with the value an older
 #: checkpoint implies (its routes then restore warm instead of cold)
-_ADDED_LATER: dict[str, int] = {"calm": 0}
+_ADDED_LATER: dict[str, int] = {"calm": 0, "surge_held": 0, "spike_prev": False}
 
 
 class RouteDetector:
@@ -395,6 +419,10 @@ class RouteDetector:
         self.streak = np.zeros((capacity, 2), dtype=np.int32)
         # calm windows in a row inside the current run (a run survives a few)
         self.calm = np.zeros((capacity, 2), dtype=np.int16)
+        # windows in a row above the held-surge ratio (``traffic_surge_held_ratio``)
+        self.surge_held = np.zeros(capacity, dtype=np.int32)
+        # whether the route's last window was a spike (``traffic_spike_ratio``)
+        self.spike_prev = np.zeros(capacity, dtype=np.bool_)
         self.run_sum = np.zeros((capacity, N_METRICS))
         self.run_sq = np.zeros((capacity, N_METRICS))
         self.run_recent = np.zeros((capacity, N_METRICS))
@@ -448,6 +476,8 @@ class RouteDetector:
         self.evidence_t = padded(self.evidence_t, np.nan)
         self.streak = padded(self.streak, 0)
         self.calm = padded(self.calm, 0)
+        self.surge_held = padded(self.surge_held, 0)
+        self.spike_prev = padded(self.spike_prev, False)
         self.run_sum = padded(self.run_sum, 0.0)
         self.run_sq = padded(self.run_sq, 0.0)
         self.run_recent = padded(self.run_recent, 0.0)
@@ -468,6 +498,8 @@ class RouteDetector:
             "evidence_t": self.evidence_t,
             "streak": self.streak,
             "calm": self.calm,
+            "surge_held": self.surge_held,
+            "spike_prev": self.spike_prev,
             "run_sum": self.run_sum,
             "run_sq": self.run_sq,
             "run_recent": self.run_recent,
@@ -719,9 +751,38 @@ class RouteDetector:
             0.0,
         )
         surge = judged_up & (surge_score >= p.traffic_threshold)
-        surge &= (o.requests >= p.traffic_surge_ratio * np.maximum(expected, 1.0)) & (
-            o.requests >= p.traffic_min_expected
+        big_enough = o.requests >= p.traffic_min_expected
+        # the opt-in rules below (off in the mesh default) start from here
+        surge_base = (
+            surge & big_enough if p.traffic_surge_held_ratio or p.traffic_spike_ratio else surge
         )
+        surge &= (o.requests >= p.traffic_surge_ratio * np.maximum(expected, 1.0)) & big_enough
+        if p.traffic_surge_held_ratio > 0:
+            # A smaller surge counts once it has held long enough (in time, so an
+            # hourly window is an hour of it and a minute's burst is not).
+            above = surge_base & (
+                o.requests >= p.traffic_surge_held_ratio * np.maximum(expected, 1.0)
+            )
+            held = np.where(above, self.surge_held[rows] + 1, 0)
+            self.surge_held[rows] = np.minimum(held, 1 << 30)
+            surge |= above & (held * ws_all >= p.traffic_surge_hold_seconds)
+        lone = None
+        if p.traffic_spike_ratio > 0:
+            # A lone spike: judged once the next window is back under the ratio
+            # (one window late), so a burst that goes on is left to the rules above.
+            spike = surge_base & (o.requests >= p.traffic_spike_ratio * np.maximum(expected, 1.0))
+            lone = self.spike_prev[rows] & judged_up & ~spike
+            if lone.any() and p.evidence_points >= 2:
+                # and a spike in the series itself: up from the window before it
+                # and down again after it, each by the ratio (a baseline that lags
+                # a busy service's minute-to-minute swings is not enough)
+                ring = self.evidence[rows, KINDS.index("traffic_surge")]
+                peak, before = ring[:, -1], ring[:, -2]
+                lone &= (peak >= p.traffic_spike_ratio * before) & (
+                    o.requests * p.traffic_spike_ratio <= peak
+                )
+            self.spike_prev[rows] = spike
+            surge |= lone
         lo = np.expm1(np.maximum(expected_log - p.band_z * spread[:, LREQ], 0.0))
         lo = np.minimum(lo, expected * p.traffic_drop_ratio)
         hi = np.expm1(expected_log + p.band_z * spread[:, LREQ])
@@ -729,9 +790,13 @@ class RouteDetector:
         out["traffic_drop"] = self._verdict(
             "traffic_drop", rows, drop_score, judged, drop, o.requests, lo, hi
         )
+        need = self._fire_need
+        if lone is not None and lone.any():
+            self._fire_need = np.where(lone, 1, need)  # the spike is over: one window fires
         out["traffic_surge"] = self._verdict(
             "traffic_surge", rows, surge_score, judged_up, surge, o.requests, lo, hi
         )
+        self._fire_need = need
 
         # -- certificate expiry -------------------------------------------------
         ttl = o.cert_ttl
@@ -799,7 +864,14 @@ class RouteDetector:
             | self.firing("traffic_surge", rows)
         ) & ~rebased_tr
         learn[:, LREQ] &= ~bad_traffic
-        b.update(rows, x_season, learn)
+        spread_only = None
+        if p.error_outlier_spread_clip > 0:
+            # The level leaves out anomalous windows and incidents; with this on,
+            # the spread still learns how far the ratio strays in them (clipped),
+            # so a series whose bursts are routine stops alerting on each one.
+            spread_only = np.zeros_like(learn)
+            spread_only[:, ERR] = enough & np.isfinite(x[:, ERR])
+        b.update(rows, x_season, learn, spread_only, p.error_outlier_spread_clip)
         if seasonal:
             self._learn_season(rows, sbin, x[:, LREQ] - b.level[rows, LREQ], learn[:, LREQ], o)
 

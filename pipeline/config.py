@@ -473,12 +473,32 @@ class DetectorConfig(_Section):
     error_min_factor: float = Field(
         2.0, ge=1.0, description="Error ratio must also reach this multiple of the usual one."
     )
+    error_outlier_spread_clip: float = Field(
+        0.0,
+        ge=0,
+        description="Windows left out of the error level (anomalous, incidents) still move "
+        "the error ratio's spread, clipped at this many spreads (0: off; for series whose "
+        "bursts are routine).",
+    )
     traffic_min_expected: float = Field(
         20.0, ge=0, description="Drops are judged only where this many requests are expected."
     )
     traffic_drop_ratio: float = Field(0.5, gt=0, lt=1)
     traffic_surge_ratio: float = Field(
         3.0, gt=1, description="A surge is at least this multiple of the expected rate."
+    )
+    traffic_surge_held_ratio: float = Field(
+        0.0,
+        ge=0,
+        description="... or at least this multiple once it has held traffic_surge_hold_seconds "
+        "(0: off; brief bursts of a busy service stay under traffic_surge_ratio).",
+    )
+    traffic_surge_hold_seconds: float = Field(3600.0, gt=0)
+    traffic_spike_ratio: float = Field(
+        0.0,
+        ge=0,
+        description="A lone window at least this multiple of the expected rate, back under it "
+        "in the next window, fires a surge (0: off; persistence filters it otherwise).",
     )
     cert_min_ttl_seconds: float = Field(4 * 3600.0, gt=0)
     cert_min_ttl_fraction: float = Field(
