@@ -37,6 +37,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,6 +282,16 @@ def engine_only(cfg: MeshwatchConfig, polls: list[list[bytes]], *, trained: bool
     return Run(took, n, engine.samples_seen, cpu=cpu, extra={"findings": findings})
 
 
+def rounds_of(polls: list[list[bytes]]) -> int:
+    """Detector rounds the batches take: per batch, the most windows any one
+    route has in it (each round advances every route in it by one window)."""
+    total = 0
+    for batch in polls:
+        cols, _ = columnar.columns([columnar.decode_golden(r) for r in batch])
+        total += max(Counter(cols.keys).values(), default=0)
+    return total
+
+
 def decode_only(polls: list[list[bytes]], samples: int) -> tuple[Run, Run, Run]:
     """(stage's decoding, pydantic, orjson.loads) of the poll batches, GC paused
     per batch as in the loop."""
@@ -434,8 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{det.polls} batches of ~{det.extra['mean_batch']:.0f} msgs, "
         f"{det.extra['findings']} findings, {det.extra['dead_lettered']} DLQ",
     )
+    rounds = rounds_of(polls)
     line(
-        f"(c)  engine alone ({len(polls)} calls, (b)'s batches)",
+        f"(c)  engine alone ({len(polls)} calls, (b)'s batches: {rounds} rounds, "
+        f"~{n_samples / max(rounds, 1):,.0f} routes wide)",
         eng,
         f"{eng.extra['findings']} findings",
     )
