@@ -98,9 +98,13 @@ GROUP_KIND = {
 #: still widen its spread (routine bursts stop alerting); a 1.6x surge counts once it
 #: has held an hour (one hourly window, sixty one-minute ones); a lone one-window spike
 #: of 1.6x fires once the next window is back under it. The last three are detector
-#: rules that are off in the mesh default.
+#: rules that are off in the mesh default. Windows of 5 requests or more are judged: the
+#: plain path reads an error ratio that is an exact fraction k/n as k failures of n
+#: requests (``read_error_ratios``), and a quiet service's hour of 8-19 requests is
+#: still an hour of evidence, weighed by the binomial test.
 CLOUD_DETECTOR: dict[str, Any] = {
     "resolve_after": 1,
+    "min_requests": 5,
     "learn_threshold": 0.97,
     "error_outlier_spread_clip": 4.0,
     "traffic_surge_held_ratio": 1.6,

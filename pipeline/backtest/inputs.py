@@ -19,7 +19,11 @@
                  (or below) means nothing was measured: a window with no
                  requests, judged as *no traffic* like a silent mesh route
   error_rate     a failure ratio in [0, 1] (larger values are clipped to 1) →
-                 failures = round(ratio × requests) of a nominal ``requests``
+                 failures = round(ratio × requests) of a nominal ``requests``;
+                 but a ratio that is an exact fraction k/n of a smaller
+                 denominator (1/8 = 0.125, to float32 precision) is read as
+                 k failures of n requests, and a ratio of 0 keeps the
+                 denominator last seen (see :func:`read_error_ratios`)
   errors         failures per window (a count, no denominator) → failures =
                  round(value) out of round(value) + the nominal ``requests``
   traffic        requests per window → requests = round(value)
@@ -38,6 +42,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from fractions import Fraction
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
@@ -172,8 +177,64 @@ def read_plain_csv(
     gaps = sorted(b[0] - a[0] for a, b in pairwise(rows) if b[0] > a[0])
     window = gaps[len(gaps) // 2] if gaps else 60.0
     name = route or path.stem
+    if kind == "error_rate":
+        return read_error_ratios(rows, window, name, requests), rows
     samples = [plain_sample(kind, t, v, window, name, requests) for t, v, _ in rows if v == v]
     return samples, rows
+
+
+#: Relative tolerance of an exact fraction: two float32 rounding steps (2**-23), the
+#: precision real ratio series are often stored with (1/14 is written 0.0714285746).
+FRACTION_TOLERANCE = 2.0**-23
+
+
+def exact_fraction(ratio: float, max_denominator: int) -> tuple[int, int] | None:
+    """``(k, n)`` with ``k / n == ratio`` to float32 precision and the smallest such
+    ``n <= max_denominator``; None for ratios outside (0, 1) or not such a fraction."""
+    if not 0.0 < ratio < 1.0:
+        return None
+    frac = Fraction(ratio).limit_denominator(max_denominator)
+    if abs(frac.numerator / frac.denominator - ratio) > FRACTION_TOLERANCE * ratio:
+        return None
+    return frac.numerator, frac.denominator
+
+
+def read_error_ratios(
+    rows: Sequence[tuple[float, float, int | None]], window: float, route: str, requests: int
+) -> list[GoldenSample]:
+    """GoldenSamples of an error-ratio series, each with the evidence its value carries.
+
+    A failure ratio is a count over a count. Read as ``round(ratio x requests)``
+    of a nominal ``requests``, 1 failure of 8 requests (0.125) became 125 of
+    1,000: a certain incident to a binomial test, where it is one failed
+    request of a quiet hour (on the real series, a low-volume service drew an
+    alert every few days that way). Where the value is an exact fraction k/n
+    with n at most ``requests`` (to float32 precision, so 1/14 = 0.0714285746
+    counts, and a ratio measured over thousands of requests stays nominal), it
+    becomes k failures of n requests: the detector's binomial test and its
+    ``min_requests`` guard then see how little evidence a window of a quiet
+    service holds. A ratio of 0 says nothing about its denominator; it keeps
+    the last one seen (the nominal one until then, and after a value that is
+    not such a fraction), which uses no later value.
+    """
+    out: list[GoldenSample] = []
+    last_n = requests
+    for t, v, _ in rows:
+        if v != v:
+            continue
+        sample = plain_sample("error_rate", t, v, window, route, requests)
+        frac = exact_fraction(v, requests)
+        if frac is not None:
+            k, n = frac
+            last_n = n
+        elif v == 0.0:
+            k, n = 0, last_n
+        else:  # not a fraction of a small denominator: the nominal one, as it was
+            last_n = requests
+            out.append(sample)
+            continue
+        out.append(sample.model_copy(update={"requests": n, "successes": n - k, "failures": k}))
+    return out
 
 
 def plain_sample(
