@@ -82,7 +82,9 @@ spike, judged when the next window is back down (persistence would filter
 it as a hiccup); ``error_outlier_spread_clip`` lets the windows the error
 level leaves out still widen its spread (clipped), so a series whose error
 bursts are routine stops alerting on each of them while the level stays
-clean.
+clean; ``error_pair_threshold`` makes the second of two error windows in a
+row that score at least that (guards permitting) anomalous: a raised ratio
+held for two windows, each just under ``error_threshold``.
 
 **Re-baselining (a deploy that shifts latency and stays).** For latency and
 traffic, the detector counts the windows of a run of shifted windows and keeps
@@ -275,6 +277,10 @@ class DetectorParams:
     #: windows left out of the error level (anomalous, incident) still move the error
     #: ratio's spread, their distance clipped at this many spreads (0: they do not)
     error_outlier_spread_clip: float = 0.0
+    #: two judged error windows in a row scoring at least this (guards permitting) make
+    #: the second anomalous (0 turns it off): a raised ratio held, each window just
+    #: under ``error_threshold``
+    error_pair_threshold: float = 0.0
     tls_min_failures: int = 3
     mtls_min_increase: float = 0.10
     traffic_min_expected: float = 20.0
@@ -388,7 +394,12 @@ def season_bins_per_period(p: DetectorParams) -> int:
 
 #: state arrays newer than the checkpoint format, with the value an older
 #: checkpoint implies (its routes then restore warm instead of cold)
-_ADDED_LATER: dict[str, int] = {"calm": 0, "surge_held": 0, "spike_prev": False}
+_ADDED_LATER: dict[str, int] = {
+    "calm": 0,
+    "surge_held": 0,
+    "spike_prev": False,
+    "error_prev": False,
+}
 
 
 class RouteDetector:
@@ -423,6 +434,8 @@ class RouteDetector:
         self.surge_held = np.zeros(capacity, dtype=np.int32)
         # whether the route's last window was a spike (``traffic_spike_ratio``)
         self.spike_prev = np.zeros(capacity, dtype=np.bool_)
+        # whether the route's last judged error window was suspicious (``error_pair_threshold``)
+        self.error_prev = np.zeros(capacity, dtype=np.bool_)
         self.run_sum = np.zeros((capacity, N_METRICS))
         self.run_sq = np.zeros((capacity, N_METRICS))
         self.run_recent = np.zeros((capacity, N_METRICS))
@@ -478,6 +491,7 @@ class RouteDetector:
         self.calm = padded(self.calm, 0)
         self.surge_held = padded(self.surge_held, 0)
         self.spike_prev = padded(self.spike_prev, False)
+        self.error_prev = padded(self.error_prev, False)
         self.run_sum = padded(self.run_sum, 0.0)
         self.run_sq = padded(self.run_sq, 0.0)
         self.run_recent = padded(self.run_recent, 0.0)
@@ -500,6 +514,7 @@ class RouteDetector:
             "calm": self.calm,
             "surge_held": self.surge_held,
             "spike_prev": self.spike_prev,
+            "error_prev": self.error_prev,
             "run_sum": self.run_sum,
             "run_sq": self.run_sq,
             "run_recent": self.run_recent,
@@ -693,11 +708,15 @@ class RouteDetector:
         # min(0, spread score) is 0: no spread score where the count test says 0
         spread_score = tail((err - p0) / spread[:, ERR], judged & (count_score != 0))
         score = np.where(judged, np.minimum(count_score, spread_score), 0.0)
-        anomalous = (
-            judged
-            & (score >= p.error_threshold)
-            & (_nan_to_num(err) >= np.maximum(p.error_min_ratio, p.error_min_factor * p0))
-        )
+        guard = _nan_to_num(err) >= np.maximum(p.error_min_ratio, p.error_min_factor * p0)
+        anomalous = judged & (score >= p.error_threshold) & guard
+        if p.error_pair_threshold > 0:
+            # Two suspicious windows in a row are as telling as one anomalous one:
+            # a raised error ratio held for two hours, each just under the threshold.
+            pair = judged & (score >= p.error_pair_threshold) & guard
+            prev = self.error_prev[rows]
+            anomalous |= pair & prev
+            self.error_prev[rows] = np.where(judged, pair, prev)
         sd = np.sqrt(p0 * (1 - p0) / np.maximum(o.requests, 1))
         hi = np.minimum(p0 + p.band_z * np.maximum(sd, spread[:, ERR]), 1.0)
         out["error_rate"] = self._verdict(

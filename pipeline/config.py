@@ -480,6 +480,13 @@ class DetectorConfig(_Section):
         "the error ratio's spread, clipped at this many spreads (0: off; for series whose "
         "bursts are routine).",
     )
+    error_pair_threshold: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Two error windows in a row scoring at least this (guards permitting) make "
+        "the second anomalous (0: off; a raised ratio held, each window under error_threshold).",
+    )
     traffic_min_expected: float = Field(
         20.0, ge=0, description="Drops are judged only where this many requests are expected."
     )

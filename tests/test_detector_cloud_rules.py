@@ -1,5 +1,6 @@
-"""Opt-in traffic rules for plain series (the cloud-monitoring configuration):
-a smaller surge that holds long enough, and a lone one-window spike.
+"""Opt-in rules for plain series (the cloud-monitoring configuration): a
+smaller surge that holds long enough, a lone one-window spike, error bursts
+that widen the spread, and two suspicious error windows in a row.
 
 Both are off in the mesh default; each test shows the rule firing where it
 should, staying quiet where it should not, and the default not firing."""
@@ -134,3 +135,44 @@ def test_routine_error_bursts_widen_the_spread_only_when_asked() -> None:
     assert 1 <= len(fired) <= 60 and max(fired) < 300
     # a burst four times the routine one still alerts
     assert _errors(det, [0.003, 0.08, 0.003], start=600) == [601]
+
+
+def _usual_errors(seed: int) -> list[float]:
+    """80 hours of a 0.5-2.5 % error ratio (1,000 requests an hour)."""
+    rng = np.random.default_rng(seed)
+    return [float(rng.uniform(0.005, 0.025)) for _ in range(80)]
+
+
+def test_two_suspicious_error_hours_in_a_row_fire_and_one_does_not() -> None:
+    base = _usual_errors(36)
+    # 4.5 % scores about 0.998 here: suspicious, under error_threshold (0.999)
+    probe = RouteDetector(_params())
+    _errors(probe, base)
+    v = probe.process(
+        obs(
+            [0],
+            [3600.0 * 81],
+            window_seconds=[3600.0],
+            requests=[1000.0],
+            failures=[45.0],
+            mtls=[1000.0],
+        )
+    )
+    assert 0.99 <= v.kinds["error_rate"].score[0] < 0.999
+    held = [*base, 0.045, 0.045, 0.015, 0.015]
+    lone = [*base, 0.045, 0.015, 0.045, 0.015]
+    p = _params(error_pair_threshold=0.99)
+    assert _errors(RouteDetector(p), held) == [81]  # the second hour of it
+    assert _errors(RouteDetector(p), lone) == []
+    # off (the mesh default): neither fires
+    assert _errors(RouteDetector(_params()), held) == []
+
+
+def test_a_checkpoint_without_the_error_pair_flag_restores_warm() -> None:
+    det = RouteDetector(_params(error_pair_threshold=0.99))
+    _errors(det, [*_usual_errors(36), 0.045])
+    assert det.error_prev[0]
+    old = {k: a for k, a in det.export_state(np.arange(1)).items() if k != "error_prev"}
+    fresh = RouteDetector(_params(error_pair_threshold=0.99))
+    rows = fresh.load_state(["plain/deploy/x/inbound/*"], old)
+    assert fresh.windows[rows[0]] == 81 and not fresh.error_prev[rows].any()

@@ -50,6 +50,7 @@ def params_from_config(cfg: DetectorConfig) -> DetectorParams:
         error_min_ratio=cfg.error_min_ratio,
         error_min_factor=cfg.error_min_factor,
         error_outlier_spread_clip=cfg.error_outlier_spread_clip,
+        error_pair_threshold=cfg.error_pair_threshold,
         traffic_min_expected=cfg.traffic_min_expected,
         traffic_drop_ratio=cfg.traffic_drop_ratio,
         traffic_surge_ratio=cfg.traffic_surge_ratio,
