@@ -101,13 +101,18 @@ GROUP_KIND = {
 #: rules that are off in the mesh default. Windows of 5 requests or more are judged: the
 #: plain path reads an error ratio that is an exact fraction k/n as k failures of n
 #: requests (``read_error_ratios``), and a quiet service's hour of 8-19 requests is
-#: still an hour of evidence, weighed by the binomial test.
+#: still an hour of evidence, weighed by the binomial test. Two error windows in a row
+#: that score at least 0.99 (suspicious, the mesh's learn threshold) make the second
+#: anomalous (``error_pair_threshold``, off in the mesh default). A drop counts under
+#: 40 % of the expected rate (the mesh: 50 %): busy hourly request rates dip to half
+#: for an hour now and then.
 CLOUD_DETECTOR: dict[str, Any] = {
     "resolve_after": 1,
     "min_requests": 5,
     "learn_threshold": 0.97,
     "error_outlier_spread_clip": 3.0,
     "error_pair_threshold": 0.99,
+    "traffic_drop_ratio": 0.4,
     "traffic_surge_held_ratio": 1.6,
     "traffic_surge_hold_seconds": 3600.0,
     "traffic_spike_ratio": 1.6,
