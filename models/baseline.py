@@ -23,6 +23,9 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
+#: 1 / E|N(0,1)|: a mean absolute deviation as a standard deviation
+ABS_DEV_TO_SPREAD = 1.2533
+
 
 class RobustBaseline:
     """Level and spread per (row, metric), grown on demand, updated in bulk."""
@@ -109,7 +112,7 @@ class RobustBaseline:
         # The spread is clipped more loosely than the level: clipping it at the
         # same bound would let an underestimated spread shrink itself further.
         spread_bound = np.where(warm, np.inf, self.spread_clip * eff)
-        dev = np.minimum(np.abs(resid), spread_bound) * 1.2533  # 1 / E|N(0,1)|
+        dev = np.minimum(np.abs(resid), spread_bound) * ABS_DEV_TO_SPREAD
         new_spread = np.where(first, 0.0, spread + alpha * (dev - spread))
         self.level[rows] = np.where(ok, new_level, level)
         self.spread[rows] = np.where(ok, new_spread, spread)
@@ -121,7 +124,7 @@ class RobustBaseline:
         level = self.level.take(rows, axis=0)
         spread = self.spread.take(rows, axis=0)
         eff = np.maximum(spread, self.min_spread)
-        dev = np.minimum(np.abs(np.where(ok, x - level, 0.0)), clip * eff) * 1.2533
+        dev = np.minimum(np.abs(np.where(ok, x - level, 0.0)), clip * eff) * ABS_DEV_TO_SPREAD
         self.spread[rows] = np.where(ok, spread + self.alpha * (dev - spread), spread)
 
     def reset(self, rows: IntArray, col: int, level: FloatArray, mask: BoolArray) -> None:

@@ -86,7 +86,7 @@ class BalancedBatches:
         cap = max(self.limit // max(len(self._queues), assigned, 1), 1)
         budget = self.limit
         batch: list[Any] = []
-        for tp in sorted(self._queues, key=lambda t: (t.topic, t.partition)):
+        for tp in sorted(self._queues):  # (topic, partition) order
             if budget <= 0:
                 break
             queue = self._queues[tp]
